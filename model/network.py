@@ -17,7 +17,11 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models import densenet121
 
-CBAM_BLOCKS: tuple[tuple[str, int], ...] = (("denseblock1", 256), ("denseblock2", 512), ("denseblock3", 1024))
+CBAM_BLOCKS: tuple[tuple[str, int], ...] = (
+    ("denseblock1", 256),
+    ("denseblock2", 512),
+    ("denseblock3", 1024),
+)
 DEFAULT_DROPOUT = 0.3
 DEFAULT_GRADCAM_LAYER = "features.denseblock4"
 
@@ -112,28 +116,56 @@ def load_imagenet_densenet121(model: DenseNet121CBAM, checkpoint: Path) -> list[
     the paper; the 1000-class classifier is dropped. Returns the keys left at their random
     initialisation (the CBAM modules and the head) so callers can log them.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights-only errors all mean "not usable"
+        raise ValueError(f"{checkpoint}: not a loadable state_dict file ({exc})") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{checkpoint}: not a DenseNet121 checkpoint (no state_dict of tensors)")
     # torchvision's own published files use the legacy "denselayer1.norm.1" key names.
     state = {_legacy_key(k): v for k, v in state.items()}
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith("classifier."):
             continue
-        if key == "features.conv0.weight" and value.shape[1] == 3:
+        if key == "features.conv0.weight" and value.ndim == 4 and value.shape[1] == 3:
             value = value.mean(dim=1, keepdim=True)
         mapped[_imagenet_to_ours(key)] = value
-    result = model.load_state_dict(mapped, strict=False)
+    try:
+        result = model.load_state_dict(mapped, strict=False)
+    except RuntimeError as exc:  # size mismatches are raised even with strict=False
+        raise ValueError(f"{checkpoint}: not a DenseNet121 checkpoint ({exc})") from exc
     if result.unexpected_keys:
-        raise ValueError(f"{checkpoint}: not a DenseNet121 checkpoint, unexpected keys {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"{checkpoint}: not a DenseNet121 checkpoint, unexpected keys "
+            f"{result.unexpected_keys[:5]}"
+        )
+    # Only the CBAM modules and the head may stay random; anything else means a partial file.
+    backbone_missing = [k for k in result.missing_keys if not _random_init_key(k)]
+    if backbone_missing:
+        raise ValueError(
+            f"{checkpoint}: not a complete DenseNet121 checkpoint, missing "
+            f"{len(backbone_missing)} backbone tensors, e.g. {backbone_missing[:5]}"
+        )
     return list(result.missing_keys)
+
+
+def _random_init_key(key: str) -> bool:
+    """Keys an ImageNet DenseNet121 file need not provide: CBAM modules, the head, and the
+    BatchNorm step counters (torchvision's published file predates them)."""
+    if key.startswith("classifier.") or key.endswith(".num_batches_tracked"):
+        return True
+    return any(key.startswith(f"features.{block}.1.") for block, _ in CBAM_BLOCKS)
 
 
 def _legacy_key(key: str) -> str:
     import re
 
-    return re.sub(r"\.(norm|relu|conv)\.((?:[12])\.(?:weight|bias|running_mean|running_var))", r".\1\2", key)
+    return re.sub(
+        r"\.(norm|relu|conv)\.((?:[12])\.(?:weight|bias|running_mean|running_var))", r".\1\2", key
+    )
 
 
 def build_densenet121_cbam(

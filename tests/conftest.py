@@ -13,5 +13,7 @@ SAMPLES = REPO.parent / "shared" / "samples"
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     if not SAMPLES.is_dir():
-        pytest.fail(f"public DICOM samples not found at {SAMPLES} (CI clones with shared/ beside it)")
+        pytest.fail(
+            f"public DICOM samples not found at {SAMPLES} (CI clones with shared/ beside it)"
+        )
     return SAMPLES

@@ -1,0 +1,71 @@
+"""Intensity pipelines ("profiles") from stored values to what the networks see.
+
+``default``: Modality LUT, then the first VOI transform the image carries (window LINEAR,
+LINEAR_EXACT or SIGMOID, or a VOI LUT Sequence), MONOCHROME1 inverted, scaled to [0, 1]; with no
+VOI the stored range is used. This is what the radiologist sees, so the same crop feeds the
+display of the Secondary Capture.
+
+``reference``: the authors' pipeline that their published weights were trained on: the raw stored
+values (no LUTs, no inversion), CLAHE (skimage ``equalize_adapthist``, clip 0.003) over the whole
+image, then 8-bit.
+
+After the crop and resize both become ``(x - 0.485) / 0.229`` on a [0, 1] scale, as the authors
+normalise, so both profiles feed the networks the same range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+PROFILES = ("default", "reference")
+NORM_MEAN, NORM_STD = 0.485, 0.229
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing, to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    width = max(width, 1.0)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _first(value: object) -> float:
+    """Window attributes may be multi-valued; the first pair is the default view."""
+    return float(value[0]) if isinstance(value, MultiValue | list | tuple) else float(value)  # type: ignore[arg-type,index]
+
+
+def to_display_range(ds: Dataset, stored: np.ndarray) -> np.ndarray:
+    """The ``default`` profile over a whole image: float32 in [0, 1], bright = dense."""
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    if "VOILUTSequence" in ds:
+        lut_item = ds.VOILUTSequence[0]
+        bits = int(lut_item.LUTDescriptor[2])
+        out = apply_voi(apply_modality_lut(stored, ds), ds, index=0).astype(np.float64)
+        out = out / float(2**bits - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
+        out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        out = 1.0 - out
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def reference_intensity(stored: np.ndarray) -> np.ndarray:
+    """The authors' whole-image pipeline: raw values -> CLAHE(clip 0.003) -> uint8."""
+    from skimage.exposure import equalize_adapthist
+
+    equalised = equalize_adapthist(stored, clip_limit=0.003)
+    return (equalised * 255).astype(np.uint8)
+
+
+def normalise(unit_range: np.ndarray) -> np.ndarray:
+    """[0, 1] -> the ImageNet-style scale the authors' networks were trained on."""
+    return ((unit_range - NORM_MEAN) / NORM_STD).astype(np.float32)

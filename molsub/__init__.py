@@ -1,0 +1,1 @@
+"""The `molsub` command line, offline prediction and the SYNTHETIC study generator."""

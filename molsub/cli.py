@@ -1,0 +1,178 @@
+"""`molsub`: the command line of the node (offline prediction, bundles, synthetic data).
+
+Heavy imports (torch, highdicom) happen inside the commands so that `molsub --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("molsub")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from molsub.synth import write_synthetic_studies
+
+    studies = write_synthetic_studies(args.out, patients=args.patients, seed=args.seed)
+    print(
+        f"wrote {len(studies)} SYNTHETIC studies to {args.out} (labels: {args.out / 'labels.csv'})"
+    )
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from molsub.predict import predict_files
+
+    report = predict_files(
+        args.files, bundle_dir=args.bundle, out_dir=args.out, device=args.device, write_png=True
+    )
+    for unit in report.units:
+        print(unit.summary)
+        for path in unit.written:
+            print(f"  wrote {path}")
+    for failure in report.failures:
+        print(f"error: {failure}", file=sys.stderr)
+    if not report.units and not report.failures:
+        print("error: no SEG among the inputs: nothing to predict", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if report.failures else EXIT_OK
+
+
+def _cmd_model_init(args: argparse.Namespace) -> int:
+    from model.bundle import init_untrained
+
+    if not args.untrained:
+        print(
+            "error: only --untrained initialisation is offered; train/ makes trained bundles",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    info = init_untrained(
+        args.out,
+        name=args.name,
+        version=args.version,
+        seed=args.seed,
+        imagenet_checkpoint=args.imagenet,
+    )
+    print(f"wrote UNTRAINED bundle {info.display_name} to {args.out} (digest {info.digest[:16]})")
+    return EXIT_OK
+
+
+def _cmd_model_import(args: argparse.Namespace) -> int:
+    from model.reference_import import import_reference
+
+    files = {"luminal": args.luminal, "her2": args.her2, "tn": args.tn, "subtype5": args.subtype5}
+    kwargs = {"version": args.version} if args.version else {}
+    info = import_reference(files, args.out, name=args.name, **kwargs)
+    print(f"wrote bundle {info.display_name} (profile {info.profile}) to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from model.bundle import read_bundle_info
+
+    info = read_bundle_info(args.bundle)
+    print(f"bundle      {args.bundle}")
+    print(f"name        {info.display_name}")
+    print(f"digest      {info.digest}")
+    print(f"device UID  {info.device_uid}")
+    print(f"profile     {info.profile} (input {info.input_size} px, bound {info.bound_size} px)")
+    print(f"untrained   {'yes' if info.untrained else 'no'}")
+    for task, classes in info.tasks.items():
+        print(f"task        {task}: {', '.join(classes)} (sha256 {info.weights_sha256[task][:16]})")
+    for key, value in info.provenance.items():
+        print(f"provenance  {key}: {value}")
+    print("all weights files verified against bundle.json")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from molsub.demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="molsub",
+        description="Breast cancer molecular subtype from mammograms. RESEARCH USE ONLY, "
+        "not a medical device.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (UIDs only)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write SYNTHETIC MG studies with lesion SEGs and labels")
+    p.add_argument("out", type=Path)
+    p.add_argument("--patients", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser(
+        "predict", help="MG + SEG files in; SR, Secondary Captures, heatmap SEGs out"
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("files", nargs="+", type=Path, help="DICOM files or directories")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="synthetic study + untrained bundle -> predict -> summary")
+    p.add_argument("--workdir", type=Path, default=Path("demo"))
+    p.set_defaults(func=_cmd_demo)
+
+    model = sub.add_parser("model", help="model bundles").add_subparsers(
+        dest="model_cmd", required=True
+    )
+    p = model.add_parser("init", help="write a randomly initialised (UNTRAINED) bundle")
+    p.add_argument("--untrained", action="store_true", help="required: says what you get")
+    p.add_argument("--name", default="untrained")
+    p.add_argument("--version", default="0.0.0")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--imagenet",
+        type=Path,
+        default=None,
+        help="ImageNet DenseNet121 state-dict file to initialise the backbone",
+    )
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=_cmd_model_init)
+
+    p = model.add_parser("import-reference", help="import the authors' published checkpoints")
+    for task in ("luminal", "her2", "tn", "subtype5"):
+        p.add_argument(f"--{task}", type=Path, required=True)
+    p.add_argument("--name", default="luo2025-reference")
+    p.add_argument("--version", default=None, help="default: the authors' release")
+    p.add_argument("out", type=Path)
+    p.set_defaults(func=_cmd_model_import)
+
+    p = model.add_parser("info", help="show and verify a bundle")
+    p.add_argument("bundle", type=Path)
+    p.set_defaults(func=_cmd_model_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
+    from model.errors import BundleError, InputError
+
+    try:
+        return args.func(args)
+    except (BundleError, InputError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

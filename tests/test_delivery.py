@@ -1,0 +1,170 @@
+"""Result store and delivery: real dcmtk storescp peer, a refusing pynetdicom SCP, folders."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
+
+from molsub.config import Destination, NodeConfig, NodeSettings
+from tests import worker_standins as standins
+from tests.factories import disk_mask, make_mg, make_seg, roundtrip
+from tests.redis_server import free_port, stop_process, wait_for
+from worker.delivery import DeliveryError, deliver_recorded, resend, store_scu, write_to_folder
+from worker.result_store import FAILED, PENDING, SENT, ResultNotFound, ResultStore
+
+
+def _objects(seed: int = 0, digest_name: str = "standin"):  # noqa: ANN202
+    cc = make_mg(seed=seed)
+    seg = roundtrip(make_seg([cc], [disk_mask((256, 200), (90, 90), 15)]))
+    unit = standins.prepare_unit(seg, {str(cc.SOPInstanceUID): cc}, standins.bundle_info())
+    predictions = standins.StandinPredictor().predict(unit.rois)
+    return standins.build_objects(unit, predictions, standins.bundle_info())
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_storescp(out: Path, port: int, aet: str = "DEST") -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [shutil.which("storescp"), "--aetitle", aet, "--output-directory", str(out), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _listening(port), 10, f"storescp on port {port}")
+    return proc
+
+
+def received_uids(out: Path) -> set[str]:
+    return {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir() if p.is_file()}
+
+
+def test_store_records_and_keeps_sent_state(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "results")
+    objects = _objects()
+    paths = store.record("u1", objects, ["pacs", "archive"])
+    assert sorted(p.name for p in paths) == sorted(f"{o.SOPInstanceUID}.dcm" for o in objects)
+    assert pydicom.dcmread(paths[0]).SOPInstanceUID == objects[0].SOPInstanceUID
+    status = store.status("u1")
+    assert {d["state"] for d in status["destinations"].values()} == {PENDING}
+    store.update_destination("u1", "pacs", SENT)
+    store.record("u1", objects, ["pacs", "archive"])  # same objects again (a re-enqueue)
+    assert store.status("u1")["destinations"]["pacs"]["state"] == SENT
+    other = _objects(seed=5)
+    store.record("u1", other, ["pacs", "archive"])  # other objects replace the old ones
+    assert store.status("u1")["destinations"]["pacs"]["state"] == PENDING
+    assert {p.name for p in store.object_paths("u1")} == {f"{o.SOPInstanceUID}.dcm" for o in other}
+    assert len(list((tmp_path / "results" / "u1").glob("*.dcm"))) == len(other)
+    store.mark_failed("u1", ["pacs"])
+    assert store.status("u1")["destinations"]["pacs"]["state"] == FAILED
+    assert [u["unit_id"] for u in store.units()] == ["u1"]
+    assert not list((tmp_path / "results" / "u1").glob(".tmp-*"))
+
+
+def test_store_refuses_bad_unit_ids_and_unknown_units(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="unit id"):
+            store.unit_dir(bad)
+    with pytest.raises(ResultNotFound, match="unit 1.2.3"):
+        store.status("1.2.3")
+    store.record_input_error("1.2.4", "object 1.2.4: segment 1 (Lesion 1) is empty")
+    assert store.status("1.2.4")["state"] == "input_error"
+    assert "segment 1" in store.status("1.2.4")["error"]
+
+
+def test_cstore_to_storescp_and_folder(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_storescp(tmp_path / "received", port)
+    try:
+        store = ResultStore(tmp_path / "results")
+        objects = _objects()
+        store.record("u1", objects, ["pacs", "folder"])
+        destinations = [
+            Destination("pacs", ae_title="DEST", host="127.0.0.1", port=port),
+            Destination("folder", folder=tmp_path / "out"),
+        ]
+        outcome = deliver_recorded(store, "u1", destinations, calling_ae="MOLSUB")
+        assert outcome == {"pacs": SENT, "folder": SENT}
+        want = {str(o.SOPInstanceUID) for o in objects}
+        assert received_uids(tmp_path / "received") == want
+        assert {str(pydicom.dcmread(p).SOPClassUID) for p in (tmp_path / "received").iterdir()} == {
+            standins.SR_CLASS,
+            standins.SC_CLASS,
+            standins.SEG_CLASS,
+        }
+        assert received_uids(tmp_path / "out" / "u1") == want
+        # Sent destinations are not sent again.
+        assert deliver_recorded(store, "u1", destinations, calling_ae="MOLSUB") == {}
+    finally:
+        stop_process(proc)
+
+
+def test_down_destination_stays_pending_then_resend(tmp_path: Path) -> None:
+    port = free_port()
+    config = NodeConfig(
+        node=NodeSettings(spool_dir=tmp_path / "spool"),
+        destinations=(Destination("pacs", ae_title="DEST", host="127.0.0.1", port=port),),
+    )
+    store = ResultStore(tmp_path / "spool" / "results")
+    objects = _objects()
+    store.record("u1", objects, ["pacs"])
+    outcome = deliver_recorded(store, "u1", config.destinations, calling_ae="MOLSUB")
+    assert outcome == {"pacs": PENDING}
+    entry = store.status("u1")["destinations"]["pacs"]
+    assert entry["state"] == PENDING and entry["attempts"] == 1
+    assert f"DEST@127.0.0.1:{port}" in entry["error"]
+    assert resend("u1", config) == {"pacs": FAILED}
+    assert store.status("u1")["destinations"]["pacs"]["state"] == FAILED
+    proc = start_storescp(tmp_path / "received", port)
+    try:
+        assert resend("u1", config) == {"pacs": SENT}
+        assert received_uids(tmp_path / "received") == {str(o.SOPInstanceUID) for o in objects}
+        assert store.status("u1")["destinations"]["pacs"]["state"] == SENT
+    finally:
+        stop_process(proc)
+    with pytest.raises(ResultNotFound):
+        resend("never-seen", config)
+
+
+def test_refused_store_is_an_error_naming_the_destination(tmp_path: Path) -> None:
+    ae = AE(ae_title="REFUSER")
+    for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage):
+        ae.add_supported_context(sop_class)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xA700)]
+    )
+    try:
+        store = ResultStore(tmp_path)
+        store.record("u1", _objects(), ["refuser"])
+        dest = Destination("refuser", ae_title="REFUSER", host="127.0.0.1", port=port)
+        with pytest.raises(DeliveryError, match="refuser.*status 0xA700"):
+            store_scu(dest, store.object_paths("u1"), calling_ae="MOLSUB")
+        assert deliver_recorded(store, "u1", [dest], calling_ae="MOLSUB") == {"refuser": PENDING}
+        assert "0xA700" in store.status("u1")["destinations"]["refuser"]["error"]
+    finally:
+        server.shutdown()
+
+
+def test_unwritable_folder_is_a_delivery_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    src = tmp_path / "x.dcm"
+    src.write_bytes(b"x")
+    with pytest.raises(DeliveryError, match="destination f: cannot write"):
+        write_to_folder(Destination("f", folder=blocker), [src], unit_id="u")

@@ -1,0 +1,211 @@
+"""Fast stand-ins for the model stages, for the worker tests only (SYNTHETIC outputs).
+
+The worker tests exercise queues, messages, processes, retries and DICOM delivery; running
+four DenseNets per test would only slow them down. ``install(kinds)`` replaces, in
+worker.tasks, the chosen stages: "prepare" (crops without model.preprocess), "infer" (a
+predictor without torch), "results" (minimal SR / SC / SEG objects with deterministic UIDs,
+without worker.results). A worker subprocess started with ``-A tests.worker_standins:app``
+installs those named in $MOLSUB_TEST_STANDINS and builds its app from $MOLSUB_CONFIG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from model.roi import RoiCrop, RoiPrediction, SquareBox
+from model.tasks import TASKS
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _ensure_stages_importable() -> None:
+    """worker.stages imports model.preprocess; until that package exists, stub its names."""
+    try:
+        from model.preprocess import extract_rois, referenced_image_uids  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("model.preprocess")
+
+        def unavailable(*_args, **_kwargs):
+            raise RuntimeError("model.preprocess is not available (stub)")
+
+        stub.IS_TEST_STUB = True
+        stub.extract_rois = unavailable
+        stub.referenced_image_uids = unavailable
+        sys.modules["model.preprocess"] = stub
+
+
+_ensure_stages_importable()
+
+from worker import tasks  # noqa: E402
+from worker.stages import PreparedUnit, header_only  # noqa: E402
+
+
+def bundle_info():
+    from model.bundle import BundleInfo
+
+    return BundleInfo(
+        name="standin",
+        version="0.0.0",
+        profile="default",
+        input_size=32,
+        bound_size=4,
+        untrained=True,
+        tasks={name: tuple(spec.class_names) for name, spec in TASKS.items()},
+        weights_sha256={name: hashlib.sha256(name.encode()).hexdigest() for name in TASKS},
+        provenance={"note": "SYNTHETIC stand-in for worker tests"},
+    )
+
+
+def make_crop(source_uid: str, segment: int = 1, size: int = 24, seed: int = 0) -> RoiCrop:
+    rng = np.random.default_rng(seed)
+    return RoiCrop(
+        segment_number=segment,
+        segment_label=f"Lesion {segment}",
+        source_sop_instance_uid=source_uid,
+        source_frame_number=1,
+        image_shape=(256, 200),
+        box=SquareBox(top=10, left=-3, size=size),
+        network_input=rng.standard_normal((32, 32)).astype(np.float32),
+        display=rng.integers(0, 256, (size, size), dtype=np.uint8),
+        mask=rng.random((size, size)) > 0.5,
+    )
+
+
+def prepare_unit(seg: Dataset, images, info) -> PreparedUnit:  # noqa: ANN001
+    """One crop per referenced image, as the real prepare would (no pixels of seg read)."""
+    uids = [
+        str(item.ReferencedSOPInstanceUID)
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    ]
+    missing = [uid for uid in uids if uid not in images]
+    if missing:
+        from model.errors import InputError
+
+        raise InputError(
+            str(seg.SOPInstanceUID), f"references image {missing[0]} which was not received"
+        )
+    rois = [make_crop(uid, seed=i) for i, uid in enumerate(uids)]
+    return PreparedUnit(
+        seg=header_only(seg), sources=[header_only(images[u]) for u in uids], rois=rois
+    )
+
+
+class StandinPredictor:
+    def predict(self, crops):  # noqa: ANN001, ANN201
+        out = []
+        for crop in crops:
+            level = float(np.clip(crop.network_input.mean() + 0.5, 0.05, 0.95))
+            probs = {
+                name: np.full(
+                    len(spec.class_names),
+                    (1 - level) / max(len(spec.class_names) - 1, 1),
+                    np.float32,
+                )
+                for name, spec in TASKS.items()
+            }
+            for p in probs.values():
+                p[-1] = level
+            cam = np.linspace(0, 1, crop.box.size**2, dtype=np.float32).reshape(crop.box.size, -1)
+            out.append(RoiPrediction(probabilities=probs, cam=cam, extra={"standin": True}))
+        return out
+
+
+def predictor_for(config):  # noqa: ANN001, ANN201
+    return StandinPredictor(), bundle_info()
+
+
+def build_objects(unit: PreparedUnit, predictions, info) -> list[Dataset]:  # noqa: ANN001
+    """One SR, one SC per ROI, one SEG: header-only objects with deterministic UIDs."""
+    seg_uid = str(unit.seg.SOPInstanceUID)
+    objects = [_object(SR_CLASS, "SR", seg_uid, info.digest, "sr", unit)]
+    for i, _ in enumerate(predictions, start=1):
+        objects.append(_object(SC_CLASS, "OT", seg_uid, info.digest, f"sc{i}", unit))
+    objects.append(_object(SEG_CLASS, "SEG", seg_uid, info.digest, "seg", unit))
+    return objects
+
+
+def derived_uid(*parts: str) -> str:
+    return "2.25." + str(int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:30], 16))
+
+
+def _object(sop_class: str, modality: str, seg_uid: str, digest: str, role: str, unit) -> Dataset:  # noqa: ANN001
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = derived_uid(seg_uid, digest, role)
+    ds.StudyInstanceUID = unit.seg.StudyInstanceUID
+    ds.SeriesInstanceUID = derived_uid(seg_uid, digest, role, "series")
+    ds.PatientID = unit.seg.PatientID
+    ds.Modality = modality
+    ds.SeriesDescription = "SYNTHETIC stand-in result, RESEARCH USE ONLY"
+    return ds
+
+
+STANDINS = {
+    "prepare": {"prepare_unit": prepare_unit, "bundle_info_for": lambda config: bundle_info()},
+    "infer": {"predictor_for": predictor_for},
+    "results": {"build_objects": build_objects},
+}
+
+
+def install(kinds) -> None:  # noqa: ANN001
+    for kind in kinds:
+        for name, func in STANDINS[kind].items():
+            setattr(tasks, name, func)
+
+
+def load_test_config():  # noqa: ANN201
+    """$MOLSUB_CONFIG via molsub.config.load_config, or a minimal reader until it exists."""
+    from molsub import config as cfg
+
+    path = Path(os.environ["MOLSUB_CONFIG"])
+    if hasattr(cfg, "load_config"):
+        return cfg.load_config(path)
+    doc = tomllib.loads(path.read_text())
+    node = doc.get("node", {})
+    return cfg.NodeConfig(
+        node=cfg.NodeSettings(
+            ae_title=node.get("ae_title", "MOLSUB"), spool_dir=Path(node["spool_dir"])
+        ),
+        model=cfg.ModelSettings(bundle=Path(doc["model"]["bundle"]) if doc.get("model") else None),
+        queue=cfg.QueueSettings(broker_url=doc.get("queue", {}).get("broker_url", "")),
+        destinations=tuple(
+            cfg.Destination(
+                name=d["name"],
+                ae_title=d.get("ae_title"),
+                host=d.get("host"),
+                port=d.get("port"),
+                folder=Path(d["folder"]) if d.get("folder") else None,
+            )
+            for d in doc.get("destinations", [])
+        ),
+    )
+
+
+_app = None
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    global _app
+    if name == "app":
+        if _app is None:
+            from worker.celery_app import make_celery_app
+
+            kinds = [k for k in os.environ.get("MOLSUB_TEST_STANDINS", "").split(",") if k]
+            install(kinds)
+            _app = make_celery_app(load_test_config())
+        return _app
+    raise AttributeError(name)

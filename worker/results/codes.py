@@ -1,0 +1,96 @@
+"""Coded concepts of the results, including this product's private coding scheme.
+
+DICOM and SNOMED have no codes for breast cancer molecular subtypes (REFERENCE.md s.3), so they
+live in the private scheme ``99MOLSUB``, declared in every SR's Coding Scheme Identification
+Sequence so that receiving systems can tell what the designator means.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from model.tasks import TASKS
+
+SCHEME = "99MOLSUB"
+SCHEME_NAME = "molsub-node molecular subtype concepts"
+SCHEME_VERSION = "1"
+SCHEME_ORGANIZATION = "molsub-node open-source project"
+
+
+def _private(value: str, meaning: str) -> Code:
+    return Code(value, SCHEME, meaning)
+
+
+# The concept each task's call is reported under (a qualitative evaluation's name).
+TASK_CONCEPTS: dict[str, Code] = {
+    "subtype5": _private("MS0001", "Molecular subtype (five classes)"),
+    "luminal": _private("MS0002", "Luminal status"),
+    "her2": _private("MS0003", "HER2 status"),
+    "tn": _private("MS0004", "Triple-negative status"),
+}
+
+# One code per class of every task, in model.tasks order.
+CLASS_CODES: dict[str, tuple[Code, ...]] = {
+    "subtype5": (
+        _private("MS0101", "Luminal A"),
+        _private("MS0102", "Luminal B"),
+        _private("MS0103", "HER2-positive, hormone receptor-positive"),
+        _private("MS0104", "HER2-positive, hormone receptor-negative"),
+        _private("MS0105", "Triple-negative"),
+    ),
+    "luminal": (_private("MS0110", "Non-Luminal"), _private("MS0111", "Luminal")),
+    "her2": (_private("MS0120", "HER2-negative"), _private("MS0121", "HER2-positive")),
+    "tn": (_private("MS0130", "Not triple-negative"), _private("MS0131", "Triple-negative")),
+}
+
+# The probability of each class: a measurement named per class, so a reader needs no
+# qualifier to tell which of the many probabilities in a group a value is.
+_MODEL_NAMES = {"subtype5": "five-class", "luminal": "Luminal", "her2": "HER2", "tn": "TN"}
+PROBABILITY_CODES: dict[str, tuple[Code, ...]] = {
+    task: tuple(
+        _private(f"MS{200 + 10 * i + j:04d}", f"Probability of {name} ({_MODEL_NAMES[task]} model)")
+        for j, name in enumerate(TASKS[task].class_names)
+    )
+    for i, task in enumerate(("subtype5", "luminal", "her2", "tn"))
+}
+
+INTENDED_USE = _private("MS0900", "Intended use")
+RESEARCH_USE_ONLY = _private("MS0901", "Research use only, not for diagnostic use")
+MODEL_STATUS = _private("MS0902", "Model status")
+UNTRAINED_MODEL = _private("MS0903", "Untrained model, output is meaningless")
+
+PROBABILITY = codes.DCM.Probability
+NO_UNITS = codes.UCUM.NoUnits
+MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")
+BREAST = Code("76752008", "SCT", "Breast")
+BREAST_BY_LATERALITY = {
+    "L": Code("80248007", "SCT", "Left breast"),
+    "R": Code("73056007", "SCT", "Right breast"),
+}
+LATERALITY = {"L": Code("7771000", "SCT", "Left"), "R": Code("24028007", "SCT", "Right")}
+IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
+IMAGE_VIEW = Code("111031", "DCM", "Image View")
+VIEW_CODES = {
+    "CC": Code("399162004", "SCT", "cranio-caudal"),
+    "MLO": Code("399368009", "SCT", "medio-lateral oblique"),
+}
+GRADCAM = codes.DCM.GradientWeightedClassActivation
+CLASS_ACTIVATION = codes.DCM.ClassActivation
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
+AI_FAMILY = codes.DCM.ArtificialIntelligence
+
+assert set(CLASS_CODES) == set(TASKS)
+assert all(len(CLASS_CODES[t]) == TASKS[t].num_classes for t in TASKS)
+assert all(len(c.meaning) <= 64 for cs in PROBABILITY_CODES.values() for c in cs)
+
+
+def coding_scheme_identification() -> Dataset:
+    """The item that declares ``99MOLSUB`` (Coding Scheme Identification Sequence)."""
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = SCHEME_NAME
+    item.CodingSchemeVersion = SCHEME_VERSION
+    item.CodingSchemeResponsibleOrganization = SCHEME_ORGANIZATION
+    return item

@@ -1,0 +1,68 @@
+"""Who made the results: algorithm identification (TID 4019), Contributing Equipment (IHE AIR),
+and the research-use wording every object carries."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from worker.results.codes import AI_FAMILY, PROCESSING_EQUIPMENT
+
+MANUFACTURER = "molsub-node open-source project"
+RESEARCH_USE = "RESEARCH USE ONLY - not a medical device, not for diagnosis"
+
+
+def software_version() -> str:
+    try:
+        return version("molsub-node")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def disclaimer(bundle) -> str:  # noqa: ANN001 - model.bundle.BundleInfo
+    """The statement every output carries; says UNTRAINED when the weights are random."""
+    text = RESEARCH_USE
+    if bundle.untrained:
+        text += ". UNTRAINED model: predictions are random and meaningless"
+    return text
+
+
+def series_description(kind: str, bundle) -> str:  # noqa: ANN001
+    """<= 64 characters, as a viewer's series list shows it."""
+    flag = " UNTRAINED" if bundle.untrained else ""
+    return f"molsub {kind} RESEARCH USE ONLY{flag}"[:64]
+
+
+def algorithm_identification(bundle) -> hd.sr.AlgorithmIdentification:  # noqa: ANN001
+    """TID 4019: bundle name and version; the weights digest and profile as parameters."""
+    return hd.sr.AlgorithmIdentification(
+        name=bundle.display_name[:64],
+        version=bundle.version[:64],
+        parameters=[
+            f"weights sha256 {bundle.digest}",
+            f"preprocessing {bundle.profile}, input {bundle.input_size}, bound {bundle.bound_size}",
+        ],
+        family=AI_FAMILY,
+        manufacturer=MANUFACTURER,
+    )
+
+
+def contributing_equipment(bundle) -> hd.ContributingEquipment:  # noqa: ANN001
+    """The algorithm as equipment (IHE AIR): its Device UID changes whenever the weights do."""
+    equipment = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=bundle.display_name[:64],
+        software_versions=[software_version(), bundle.version, bundle.digest[:16]],
+        device_serial_number=bundle.digest[:16],
+        contribution_description=f"AI molecular subtype prediction. {RESEARCH_USE}"[:64],
+    )
+    equipment.DeviceUID = bundle.device_uid
+    return equipment
+
+
+def add_research_use(ds: Dataset, bundle) -> None:  # noqa: ANN001
+    """Where viewers show free text: image comments."""
+    ds.ImageComments = disclaimer(bundle)[:10240]

@@ -1,0 +1,100 @@
+"""FRACTIONAL SEG per source image: the Grad-CAM maps as data, in the mammogram's pixel grid.
+
+IHE AI Results treats Secondary Captures as a non-semantic fallback; this object lets viewers
+show the heatmap as an adjustable overlay and lets programs read its values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import torch
+from pydicom.dataset import Dataset
+from torch.nn import functional as F
+
+from model.roi import RoiCrop, RoiPrediction
+from worker.results.codes import AI_FAMILY, CLASS_ACTIVATION, GRADCAM
+from worker.results.equipment import (
+    MANUFACTURER,
+    add_research_use,
+    contributing_equipment,
+    series_description,
+    software_version,
+)
+from worker.results.uids import ResultUids
+
+HEATMAP_SERIES_NUMBER = 9903
+
+
+def cam_in_image_grid(roi: RoiCrop, cam: np.ndarray) -> np.ndarray:
+    """Paste the ROI's map (its native square, possibly past the borders) into the image."""
+    rows, cols = roi.image_shape
+    box = roi.box
+    if cam.shape[0] != box.size:
+        tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+        cam = F.interpolate(tensor, size=(box.size, box.size), mode="bilinear")[0, 0].numpy()
+    out = np.zeros((rows, cols), dtype=np.float32)
+    r0, c0 = max(box.top, 0), max(box.left, 0)
+    r1, c1 = min(box.bottom, rows), min(box.right, cols)
+    out[r0:r1, c0:c1] = cam[r0 - box.top : r1 - box.top, c0 - box.left : c1 - box.left]
+    return np.clip(out, 0.0, 1.0)
+
+
+def build_heatmap_seg(
+    source: Dataset,
+    entries: Sequence[tuple[int, RoiCrop, RoiPrediction]],
+    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    uids: ResultUids,
+    instance_number: int,
+) -> hd.seg.Segmentation:
+    """One segment per ROI on ``source``; ``entries`` are (ROI index, crop, prediction)."""
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=bundle.display_name[:64],
+        family=AI_FAMILY,
+        version=bundle.version[:64],
+        source=f"weights sha256 {bundle.digest}"[:64],
+    )
+    descriptions = []
+    planes = []
+    for number, (index, roi, prediction) in enumerate(entries, start=1):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=f"Grad-CAM ROI {index + 1}"[:64],
+                segmented_property_category=CLASS_ACTIVATION,
+                segmented_property_type=GRADCAM,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=uids.tracking(index),
+                tracking_id=f"ROI {index + 1}",
+            )
+        )
+        planes.append(cam_in_image_grid(roi, prediction.cam))
+    pixel_array = np.stack(planes, axis=-1)[None]
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.heatmap_series,
+        series_number=HEATMAP_SERIES_NUMBER,
+        sop_instance_uid=uids.heatmap_instance(str(source.SOPInstanceUID)),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=bundle.display_name[:64],
+        software_versions=software_version(),
+        device_serial_number=bundle.digest[:16],
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255,
+        content_label="GRADCAM",
+        content_description="Grad-CAM of the five-class molecular subtype prediction"[:64],
+        contributing_equipment=[contributing_equipment(bundle)],
+        omit_empty_frames=False,
+    )
+    if "PatientOrientation" in source:
+        seg.PatientOrientation = source.PatientOrientation
+    seg.SeriesDescription = series_description("Grad-CAM map", bundle)
+    add_research_use(seg, bundle)
+    return seg

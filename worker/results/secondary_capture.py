@@ -1,0 +1,59 @@
+"""One Secondary Capture per ROI: the Grad-CAM overlay as a picture any viewer shows."""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+
+from model.roi import RoiCrop, RoiPrediction
+from worker.results.equipment import (
+    MANUFACTURER,
+    add_research_use,
+    contributing_equipment,
+    series_description,
+)
+from worker.results.overlay import render_overlay
+from worker.results.uids import ResultUids
+
+SC_SERIES_NUMBER = 9902
+
+
+def build_secondary_capture(
+    index: int,
+    roi: RoiCrop,
+    prediction: RoiPrediction,
+    source: Dataset,
+    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    uids: ResultUids,
+) -> hd.sc.SCImage:
+    """Same patient and study as ``source``, its own series; the text is burned in."""
+    pixels = render_overlay(roi, prediction, bundle)
+    # highdicom accepts single-letter directions only; an oblique MLO "FR" keeps its main one.
+    orientation = tuple(str(v)[:1] for v in source.get("PatientOrientation", ["A", "F"]))
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=uids.sc_series,
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=uids.sc_instance(index),
+        instance_number=index + 1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=orientation,
+        laterality=str(source.get("ImageLaterality", "")) or None,
+        contributing_equipment=[contributing_equipment(bundle)],
+    )
+    sc.SeriesDescription = series_description("Grad-CAM", bundle)
+    sc.BurnedInAnnotation = "YES"
+    sc.DerivationDescription = (
+        f"Grad-CAM ({prediction.cam_target_layer}) of the five-class prediction over "
+        f"segment {roi.segment_number} of SEG, crop {roi.box.size} px square"
+    )[:1024]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    add_research_use(sc, bundle)
+    return sc
