@@ -1,21 +1,39 @@
 """The node's configuration (node.toml), with every key overridable by environment variable.
 
-Skeleton of the typed settings; parsing, env overrides and validation are filled in by the
-scp/ work (see the issue on the node).
+``load_config(path)`` reads a node.toml (or, with ``None``, the built-in defaults), applies
+``MOLSUB_<SECTION>_<KEY>`` environment overrides (lists comma-separated) and validates the
+result, so that a bad setting stops ``molsub serve`` at start with the key and the reason
+rather than surfacing later as a refused association or a lost object.
+
+The default bind address is 127.0.0.1, not 0.0.0.0: a node that receives patient images must be
+opened to the network on purpose (``host = "0.0.0.0"`` in node.toml), never by default.
+Relative paths in a node.toml are taken relative to that file's folder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MOLSUB_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names the key and why."""
 
 
 @dataclass(frozen=True)
 class NodeSettings:
     ae_title: str = "MOLSUB"
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback by default: opening the node to the LAN is a decision
     port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
     spool_dir: Path = Path("spool")
     study_timeout_s: float = 600.0
 
@@ -23,11 +41,16 @@ class NodeSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     bundle: Path | None = None
+    device: str | None = None  # None: cuda if available, else cpu
 
 
 @dataclass(frozen=True)
 class QueueSettings:
     broker_url: str = ""  # empty: the embedded broker, no server needed
+    visibility_timeout_s: int = 7200
+    delivery_max_retries: int = 8
+    delivery_retry_base_s: float = 10.0
+    delivery_retry_max_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -51,3 +74,242 @@ class NodeConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     destinations: tuple[Destination, ...] = ()
+    source: Path | None = None  # the node.toml read, None for built-in defaults
+
+    def describe(self) -> str:
+        """What this node would do, in words (``molsub serve --check``)."""
+        n, q = self.node, self.queue
+        callers = ", ".join(n.allowed_calling_aets) if n.allowed_calling_aets else "any AE title"
+        lines = [
+            f"config: {self.source if self.source else 'built-in defaults'}",
+            f"listen: AE title {n.ae_title!r} on {n.host}:{n.port}"
+            + ("  (loopback only)" if n.host in ("127.0.0.1", "localhost", "::1") else ""),
+            f"accept associations from: {callers}",
+            "accept: MG For Presentation, MG For Processing, Segmentation; other SOP classes "
+            "refused",
+            f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
+            f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
+            f"model bundle: {self.model.bundle if self.model.bundle else '(not set)'}"
+            + (f", device {self.model.device}" if self.model.device else ""),
+            "queue: "
+            + (_redact_url(q.broker_url) if q.broker_url else "embedded (filesystem, one host)")
+            + f"; visibility timeout {q.visibility_timeout_s} s; delivery retries "
+            f"{q.delivery_max_retries} (backoff {q.delivery_retry_base_s:g}..."
+            f"{q.delivery_retry_max_s:g} s)",
+        ]
+        if not self.destinations:
+            lines.append("destinations: none (results are recorded in the spool only)")
+        for dest in self.destinations:
+            where = (
+                f"folder {dest.folder}"
+                if dest.is_folder
+                else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}"
+            )
+            lines.append(f"destination {dest.name!r}: {where}")
+        return "\n".join(lines)
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "model": ModelSettings,
+    "queue": QueueSettings,
+}
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Read ``path`` (None: built-in defaults), apply environment overrides and validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    source = None
+    if path is not None:
+        source = Path(path)
+        try:
+            with source.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {source} is not valid TOML: {exc}") from None
+        base_dir = source.resolve().parent
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"destinations"})
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {unknown}; known: {sorted(_SECTIONS)} and [[destinations]]"
+        )
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), env, base_dir)
+        for name, cls in _SECTIONS.items()
+    }
+    destinations = _build_destinations(raw.get("destinations", []), base_dir)
+    config = NodeConfig(
+        node=sections["node"],
+        model=sections["model"],
+        queue=sections["queue"],
+        destinations=destinations,
+        source=source,
+    )
+    _validate(config)
+    return config
+
+
+def _build_section(
+    section: str, cls: type, values: Any, env: Mapping[str, str], base_dir: Path
+) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{section}] unknown key(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name in known:
+        env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
+        label = f"[{section}] {name}"
+        if env_name in env:
+            kwargs[name] = _convert(env[env_name], hints[name], f"{label} (from ${env_name})")
+            if isinstance(kwargs[name], Path) and not kwargs[name].is_absolute():
+                kwargs[name] = Path.cwd() / kwargs[name]
+        elif name in values:
+            kwargs[name] = _convert(values[name], hints[name], label)
+            if isinstance(kwargs[name], Path) and not kwargs[name].is_absolute():
+                kwargs[name] = base_dir / kwargs[name]
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, label: str) -> Any:
+    """``value`` (TOML value or environment string) as the field's type, or a ConfigError."""
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if optional and (value is None or value == ""):
+        return None
+    from_env = isinstance(value, str)
+    try:
+        if typing.get_origin(hint) is tuple:
+            items = [v.strip() for v in value.split(",")] if from_env else value
+            if not isinstance(items, list):
+                raise TypeError
+            items = [i for i in items if i != ""]
+            if not all(isinstance(i, str) for i in items):
+                raise TypeError
+            return tuple(items)
+        if hint is bool:
+            if from_env:
+                return {"1": True, "true": True, "0": False, "false": False}[value.lower()]
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if hint is int:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is Path:
+            if not isinstance(value, str) or not value:
+                raise TypeError
+            return Path(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError, KeyError):
+        pass
+    else:
+        raise ConfigError(f"{label}: unsupported setting type {hint}")
+    wanted = {int: "an integer", float: "a number", Path: "a path", str: "a string"}.get(
+        hint, "a list of strings" if typing.get_origin(hint) is tuple else str(hint)
+    )
+    raise ConfigError(f"{label}: must be {wanted}, got {value!r}")
+
+
+def _build_destinations(values: Any, base_dir: Path) -> tuple[Destination, ...]:
+    if not isinstance(values, list):
+        raise ConfigError("[[destinations]] must be an array of tables")
+    hints = typing.get_type_hints(Destination)
+    out = []
+    for index, entry in enumerate(values):
+        label = f"[[destinations]] #{index + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{label}: must be a table")
+        unknown = sorted(set(entry) - set(hints))
+        if unknown:
+            raise ConfigError(f"{label}: unknown key(s) {unknown}; known: {sorted(hints)}")
+        if "name" not in entry:
+            raise ConfigError(f"{label}: name is required")
+        kwargs = {k: _convert(v, hints[k], f"{label} {k}") for k, v in entry.items()}
+        if isinstance(kwargs.get("folder"), Path) and not kwargs["folder"].is_absolute():
+            kwargs["folder"] = base_dir / kwargs["folder"]
+        out.append(Destination(**kwargs))
+    return tuple(out)
+
+
+def _validate(config: NodeConfig) -> None:
+    n = config.node
+    _check_ae_title(n.ae_title, "[node] ae_title")
+    for aet in n.allowed_calling_aets:
+        _check_ae_title(aet, "[node] allowed_calling_aets")
+    if not n.host:
+        raise ConfigError("[node] host: must not be empty (use 127.0.0.1 or 0.0.0.0)")
+    _check_port(n.port, "[node] port")
+    if not n.study_timeout_s > 0:
+        raise ConfigError(f"[node] study_timeout_s: must be > 0 seconds, got {n.study_timeout_s}")
+    q = config.queue
+    if q.visibility_timeout_s <= 0:
+        raise ConfigError("[queue] visibility_timeout_s: must be > 0")
+    if q.delivery_max_retries < 0:
+        raise ConfigError("[queue] delivery_max_retries: must be >= 0")
+    if q.delivery_retry_base_s <= 0 or q.delivery_retry_max_s < q.delivery_retry_base_s:
+        raise ConfigError(
+            "[queue] delivery_retry_base_s / delivery_retry_max_s: need 0 < base <= max"
+        )
+    names: set[str] = set()
+    for dest in config.destinations:
+        label = f"[[destinations]] {dest.name!r}"
+        if not dest.name.strip():
+            raise ConfigError("[[destinations]] name: must not be empty")
+        if dest.name in names:
+            raise ConfigError(f"{label}: name used twice")
+        names.add(dest.name)
+        network = (dest.ae_title, dest.host, dest.port)
+        if dest.folder is not None:
+            if any(v is not None for v in network):
+                raise ConfigError(f"{label}: give either folder or ae_title+host+port, not both")
+            continue
+        if any(v is None for v in network):
+            raise ConfigError(f"{label}: needs ae_title, host and port (or folder)")
+        _check_ae_title(dest.ae_title or "", f"{label} ae_title")
+        _check_port(dest.port or 0, f"{label} port")
+
+
+def _check_ae_title(value: str, label: str) -> None:
+    """DICOM AE titles: 1-16 characters, no backslash or control characters, not all spaces."""
+    if not value.strip() or len(value) > 16:
+        raise ConfigError(f"{label}: AE title {value!r} must have 1 to 16 characters")
+    if "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
+        raise ConfigError(f"{label}: AE title {value!r} has a backslash or non-ASCII character")
+
+
+def _check_port(value: int, label: str) -> None:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{label}: must be a TCP port 1..65535, got {value}")
+
+
+def _redact_url(url: str) -> str:
+    """A broker URL without its password (describe() output may end up in tickets)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user + ':***' if ':' in creds else user}@{host}"
+    return url
+
+
+def with_node(config: NodeConfig, **changes: Any) -> NodeConfig:
+    """A copy with some [node] settings changed (tests, CLI flags)."""
+    return replace(config, node=replace(config.node, **changes))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_modality_lut
 
 PROFILES = ("default", "reference")
 NORM_MEAN, NORM_STD = 0.485, 0.229
@@ -29,7 +29,8 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+        # Width must be > 0 (PS3.3); a malformed 0 behaves as a threshold at the centre.
+        return np.clip((values - center) / max(width, 1e-6) + 0.5, 0.0, 1.0)
     width = max(width, 1.0)
     return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
@@ -39,14 +40,28 @@ def _first(value: object) -> float:
     return float(value[0]) if isinstance(value, MultiValue | list | tuple) else float(value)  # type: ignore[arg-type,index]
 
 
+def _apply_voi_lut(values: np.ndarray, item: Dataset) -> np.ndarray:
+    """PS3.3 C.11.2.1.1 VOI LUT, to [0, 1].
+
+    Not pydicom's ``apply_voi``: for 8-bit LUT entries it indexes with uint8, so a LUT with more
+    than 256 entries (an 8-bit view of a 12-bit mammogram) wraps around every 256 values.
+    """
+    entries, first_mapped, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 2**16  # PS3.3: 0 means 65536 entries
+    element = item["LUTData"]
+    if isinstance(element.value, bytes):  # OW: 16-bit words, little endian in every live syntax
+        lut = np.frombuffer(element.value, dtype="<u2")[:entries].astype(np.float64)
+    else:
+        lut = np.atleast_1d(np.asarray(element.value, dtype=np.float64))[:entries]
+    index = np.clip(np.floor(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
+    return lut[index] / float(2**bits - 1)
+
+
 def to_display_range(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     """The ``default`` profile over a whole image: float32 in [0, 1], bright = dense."""
     values = apply_modality_lut(stored, ds).astype(np.float64)
     if "VOILUTSequence" in ds:
-        lut_item = ds.VOILUTSequence[0]
-        bits = int(lut_item.LUTDescriptor[2])
-        out = apply_voi(apply_modality_lut(stored, ds), ds, index=0).astype(np.float64)
-        out = out / float(2**bits - 1)
+        out = _apply_voi_lut(values, ds.VOILUTSequence[0])
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
         out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)

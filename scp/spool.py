@@ -1,0 +1,184 @@
+"""The durable spool: received objects as SPOOL/studies/<StudyInstanceUID>/<SOPInstanceUID>.dcm.
+
+An object is first streamed into SPOOL/tmp, fsynced, then renamed into place and its folder
+fsynced, so that after a success status went back to the sender the object survives a crash
+or power loss, and a crash mid-write leaves only a temporary file (cleared at the next start),
+never a half-written object under studies/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from model.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+IMAGE_SOP_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
+ACCEPTED_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION)
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_COPY_CHUNK = 1 << 20
+STATE_DB_NAME = "state.sqlite3"
+
+
+def is_valid_uid(value: object) -> bool:
+    """A DICOM UID (digits and dots, at most 64 characters): also safe as a file name."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the node needs to know of a received object (UIDs only, no patient data)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    referenced_uids: tuple[str, ...] = ()  # a SEG's source images; empty for images
+
+    @property
+    def is_seg(self) -> bool:
+        return self.sop_class_uid == SEGMENTATION
+
+
+def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
+    """The UIDs of a stored object, read with pydicom up to the pixel data.
+
+    Raises InputError naming the SOP Instance UID (or ``fallback_uid``, the one in the C-STORE
+    request, when the object has none) and what is wrong.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        raise InputError(fallback_uid or "(unknown)", f"not a readable DICOM object: {exc}")
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    uid_for_errors = sop_uid or fallback_uid or "(unknown)"
+    if not is_valid_uid(sop_uid):
+        raise InputError(uid_for_errors, "missing or invalid SOP Instance UID")
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if sop_class not in ACCEPTED_SOP_CLASSES:
+        raise InputError(sop_uid, f"SOP Class UID {sop_class or '(none)'} is not accepted here")
+    study_uid = str(ds.get("StudyInstanceUID", "") or "")
+    if not is_valid_uid(study_uid):
+        raise InputError(sop_uid, "missing or invalid Study Instance UID")
+    refs: tuple[str, ...] = ()
+    if sop_class == SEGMENTATION:
+        refs = seg_referenced_uids(ds)
+        if not refs:
+            raise InputError(sop_uid, "SEG references no source image")
+        bad = [r for r in refs if not is_valid_uid(r)]
+        if bad:
+            raise InputError(sop_uid, f"SEG references invalid UID(s) {bad}")
+    return ObjectInfo(sop_uid, sop_class, study_uid, refs)
+
+
+def seg_referenced_uids(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """Every image a SEG references: series-level references and per-frame source images."""
+    found: list[str] = []
+    for series in ds.get("ReferencedSeriesSequence", []):
+        found += [i.get("ReferencedSOPInstanceUID") for i in series.get("ReferencedInstanceSequence", [])]
+    groups = list(ds.get("PerFrameFunctionalGroupsSequence", []))
+    groups += list(ds.get("SharedFunctionalGroupsSequence", []))
+    for group in groups:
+        for derivation in group.get("DerivationImageSequence", []):
+            found += [s.get("ReferencedSOPInstanceUID") for s in derivation.get("SourceImageSequence", [])]
+    return tuple(dict.fromkeys(str(uid) for uid in found if uid))
+
+
+class Spool:
+    """The spool folder: durable placement of received objects and where the state lives."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.studies_dir = self.root / "studies"
+        self.tmp_dir = self.root / "tmp"
+        for folder in (self.root, self.studies_dir, self.tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def state_db_path(self) -> Path:
+        return self.root / STATE_DB_NAME
+
+    def clear_temporary(self) -> int:
+        """Remove leftovers of writes interrupted by a crash; returns how many."""
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.warning("spool: removed %d interrupted temporary file(s)", removed)
+        return removed
+
+    def object_path(self, study_uid: str, sop_instance_uid: str) -> Path:
+        if not (is_valid_uid(study_uid) and is_valid_uid(sop_instance_uid)):
+            raise InputError(sop_instance_uid, "UIDs are not valid DICOM UIDs")
+        return self.studies_dir / study_uid / f"{sop_instance_uid}.dcm"
+
+    def relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        return self.root / relative
+
+    def receive(self, source: BinaryIO | Path, fallback_uid: str = "") -> tuple[Path, ObjectInfo]:
+        """Stream ``source`` (a DICOM file) into a synced temporary file and read its UIDs.
+
+        Returns the temporary path (call ``commit`` or ``discard``) and the object's UIDs; on
+        bad input the temporary file is removed and InputError raised.
+        """
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(source, Path):
+                    with source.open("rb") as src:
+                        shutil.copyfileobj(src, out, _COPY_CHUNK)
+                else:
+                    shutil.copyfileobj(source, out, _COPY_CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            return tmp, read_object_info(tmp, fallback_uid)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def commit(self, tmp: Path, info: ObjectInfo) -> Path:
+        """Rename a synced temporary file into place and sync the folders that changed."""
+        final = self.object_path(info.study_uid, info.sop_instance_uid)
+        study_dir = final.parent
+        created = not study_dir.exists()
+        study_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dirs([study_dir, self.tmp_dir] + ([self.studies_dir] if created else []))
+        return final
+
+    @staticmethod
+    def discard(tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dirs(folders: Iterable[Path]) -> None:
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
