@@ -1,11 +1,14 @@
-"""Batched inference of the four task networks and Grad-CAM of the five-class prediction.
+"""Batched inference of the task networks and Grad-CAM of the five-class prediction.
 
-Pure: crops in, probabilities and heatmaps out; no DICOM, no files, no network.
+Pure: crops in, probabilities and heatmaps out; no DICOM, no files, no network. The optimised
+path (channels_last, inference_mode, batching) is what ``bench/inference.py`` compares against
+plain eager fp32 one ROI at a time; the outputs are the same to float tolerance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -14,9 +17,11 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
+from model.errors import InputError
 from model.network import DEFAULT_GRADCAM_LAYER
 from model.roi import RoiCrop, RoiPrediction
 
+# A box wider than this gets its CAM at the display's side instead (see ``cam_side``).
 MAX_CAM_SIDE = 2048
 
 
@@ -29,10 +34,11 @@ def resolve_layer(network: nn.Module, dotted: str) -> nn.Module:
 
 
 class Predictor:
-    """Runs every task network over batches of ROI crops; Grad-CAM on one task's network.
+    """Runs every task network over batches of ROI crops, and Grad-CAM on one task's network.
 
-    The optimised path (channels_last, inference_mode, batching) is what ``bench/inference.py``
-    compares against plain eager fp32; outputs are the same to float tolerance.
+    The networks are put in eval mode and moved/converted in place (no copy: four DenseNets are
+    ~110 MB), so pass copies if the caller keeps training them. ``amp`` enables autocast
+    (bfloat16) on CUDA only; off by default so that results equal plain fp32.
     """
 
     def __init__(
@@ -44,12 +50,16 @@ class Predictor:
         channels_last: bool = True,
         gradcam_layer: str = DEFAULT_GRADCAM_LAYER,
         gradcam_task: str = "subtype5",
+        amp: bool = False,
     ) -> None:
         if gradcam_task not in networks:
             raise ValueError(f"Grad-CAM task {gradcam_task!r} is not among {sorted(networks)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.amp = amp and self.device.type == "cuda"
         self.networks = {
             name: net.eval().to(self.device, memory_format=self.memory_format)
             for name, net in networks.items()
@@ -61,27 +71,28 @@ class Predictor:
     @classmethod
     def from_bundle(cls, bundle: object, **kwargs: object) -> Predictor:
         """From a ``model.bundle.LoadedBundle`` (anything with a ``networks`` mapping)."""
-        return cls(bundle.networks, **kwargs)  # type: ignore[attr-defined, arg-type]
-
-    def _to_batch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))[:, None]
-        return batch.to(self.device).contiguous(memory_format=self.memory_format)
+        networks = getattr(bundle, "networks", None)
+        if not isinstance(networks, Mapping):
+            raise TypeError(f"{type(bundle).__name__} has no 'networks' mapping of task networks")
+        return cls(networks, **kwargs)  # type: ignore[arg-type]
 
     def probabilities(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
-        """Softmax of every task network for an N x 1 x H x W batch, in model.tasks order."""
+        """Softmax of every task network for an N x 1 x H x W batch: float32 N x classes per
+        task, in the order of ``networks`` (model.tasks order for a bundle)."""
         batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
         out: dict[str, np.ndarray] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for name, net in self.networks.items():
                 out[name] = F.softmax(net(batch).float(), dim=1).cpu().numpy()
         return out
 
     def predict(self, crops: Sequence[RoiCrop]) -> list[RoiPrediction]:
-        """Probabilities of every task and the Grad-CAM map for each crop, in order."""
+        """Probabilities of every task and the Grad-CAM map of the predicted five-class subtype
+        for each crop, in order. InputError names a crop whose ``network_input`` is unusable."""
         results: list[RoiPrediction] = []
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
-            batch = self._to_batch([c.network_input for c in chunk])
+            batch = self._to_batch(chunk)
             probs = self.probabilities(batch)
             targets = [int(i) for i in probs[self.gradcam_task].argmax(axis=1)]
             cams = self.gradcam(batch, targets)
@@ -89,31 +100,103 @@ class Predictor:
                 results.append(
                     RoiPrediction(
                         probabilities={task: p[i] for task, p in probs.items()},
-                        cam=_to_native(cams[i], crop),
+                        cam=resize_cam(cams[i], cam_side(crop)),
                         cam_target_layer=self.gradcam_layer,
                     )
                 )
         return results
 
     def gradcam(self, batch: torch.Tensor, class_indices: Sequence[int]) -> np.ndarray:
-        """Grad-CAM maps (N x H x W, [0, 1]) of the given classes; needs gradients, so no
-        inference_mode here, but the network stays in eval mode."""
+        """Grad-CAM maps (N x H x W float32 in [0, 1], each scaled to its own maximum) of the
+        given classes at the batch's H x W.
+
+        Gradients are needed, so this runs outside inference_mode (even if the caller is in
+        no_grad), with the network in eval mode. Only the layers after the target layer need a
+        graph: the weights are frozen for the call and the target layer's output is made the
+        autograd leaf, so the backward pass stops there (same CAM, a fraction of the cost).
+        """
+        if len(class_indices) != len(batch):
+            raise ValueError(f"{len(class_indices)} class indices for a batch of {len(batch)}")
         network = self.networks[self.gradcam_task]
-        with GradCAM(model=network, target_layers=[self._cam_layer]) as cam:
+        batch = batch.to(self.device).contiguous(memory_format=self.memory_format)
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            _frozen(network),
+            _grad_leaf_at(self._cam_layer),
+            GradCAM(model=network, target_layers=[self._cam_layer]) as cam,
+        ):
             maps = cam(
-                input_tensor=batch.clone().requires_grad_(True),
-                targets=[ClassifierOutputTarget(i) for i in class_indices],
+                input_tensor=batch.clone(),
+                targets=[ClassifierOutputTarget(int(i)) for i in class_indices],
             )
-        return np.clip(maps.astype(np.float32), 0.0, 1.0)
+        return np.clip(np.nan_to_num(maps.astype(np.float32, copy=False)), 0.0, 1.0)
+
+    def _to_batch(self, crops: Sequence[RoiCrop]) -> torch.Tensor:
+        shape = np.shape(crops[0].network_input)
+        for crop in crops:
+            _check_network_input(crop, shape)
+        arrays = [np.asarray(c.network_input, dtype=np.float32) for c in crops]
+        batch = torch.from_numpy(np.stack(arrays))[:, None]
+        return batch.to(self.device).contiguous(memory_format=self.memory_format)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
-def _to_native(cam: np.ndarray, crop: RoiCrop) -> np.ndarray:
-    """Resize a map at the network's input size onto the ROI's native square.
+def cam_side(crop: RoiCrop) -> int:
+    """The side of the CAM for a crop: the ROI's native square (``box.size``).
 
-    A square larger than MAX_CAM_SIDE (a huge lesion) gets the display's size instead, which the
-    preprocessing has already capped; consumers rescale by ``box.size / cam.shape[0]``.
+    A square wider than MAX_CAM_SIDE (a huge lesion) gets the display's side instead, which the
+    preprocessing has already downsampled; consumers then scale by ``box.size / cam.shape[0]``.
     """
-    side = crop.box.size if crop.box.size <= MAX_CAM_SIDE else crop.display.shape[0]
-    tensor = torch.from_numpy(cam)[None, None]
+    return crop.box.size if crop.box.size <= MAX_CAM_SIDE else int(crop.display.shape[0])
+
+
+def resize_cam(cam: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear resize of one H x W map to side x side, kept in [0, 1], float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
     resized = F.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False)
     return resized[0, 0].clamp_(0.0, 1.0).numpy()
+
+
+def _check_network_input(crop: RoiCrop, shape: tuple[int, ...]) -> None:
+    array = crop.network_input
+    uid = crop.source_sop_instance_uid
+    where = f"segment {crop.segment_number}"
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or min(array.shape) < 1:
+        raise InputError(uid, f"{where}: network input must be a 2-D array, got {np.shape(array)}")
+    if array.shape != shape:
+        raise InputError(
+            uid, f"{where}: network input {array.shape} differs from the batch's {shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise InputError(uid, f"{where}: network input has NaN or infinite values")
+
+
+@contextmanager
+def _frozen(network: nn.Module) -> Iterator[None]:
+    """Turn off weight gradients for the duration (restored after): Grad-CAM needs none."""
+    params = [p for p in network.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextmanager
+def _grad_leaf_at(layer: nn.Module) -> Iterator[None]:
+    """Make ``layer``'s output a fresh autograd leaf. Registered before GradCAM's own hooks, it
+    runs first, so GradCAM records activations and gradients of this leaf."""
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        return output.detach().requires_grad_(True)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

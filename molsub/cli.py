@@ -92,10 +92,50 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from molsub.node import serve_main
+
+    return serve_main(
+        args.config, check_only=args.check, workers=not args.no_workers, port=args.port
+    )
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from molsub.node import read_config, worker
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    return worker(read_config(args.config), queues)
+
+
+def _cmd_units(args: argparse.Namespace) -> int:
+    from molsub.node import read_config
+    from scp.state import format_units, unit_status
+
+    config = read_config(args.config)
+    print(format_units(unit_status(config.node.spool_dir, args.state)))
+    return EXIT_OK
+
+
+def _cmd_resend(args: argparse.Namespace) -> int:
+    from molsub.node import read_config
+    from worker.delivery import resend
+    from worker.result_store import ResultNotFound
+
+    config = read_config(args.config)
+    try:
+        outcome = resend(args.unit, config)
+    except ResultNotFound as exc:
+        print(f"error: no recorded results for unit {args.unit} ({exc})", file=sys.stderr)
+        return EXIT_FAILED
+    for name, state in outcome.items():
+        print(f"{name}: {state}")
+    return EXIT_OK if all(state == "sent" for state in outcome.values()) else EXIT_FAILED
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from molsub.demo import run_demo
 
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, offline=args.offline)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +162,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, help="DICOM files or directories")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("demo", help="synthetic study + untrained bundle -> predict -> summary")
+    p = sub.add_parser("serve", help="run the node: C-STORE SCP, dispatcher, local workers")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="node.toml (default: $MOLSUB_CONFIG, else built-in defaults)",
+    )
+    p.add_argument("--check", action="store_true", help="validate the config, say what it does")
+    p.add_argument("--no-workers", action="store_true", help="do not start local workers")
+    p.add_argument("--port", type=int, default=None, help="override [node] port (0: any free)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker for some queues (e.g. infer on a GPU)")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument(
+        "--queues", default="prepare,infer,deliver", help="comma-separated: prepare, infer, deliver"
+    )
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("units", help="list the spool's units and their states")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument(
+        "--state",
+        default=None,
+        help="only units in this state (waiting, ready, enqueued, timed_out, ...)",
+    )
+    p.set_defaults(func=_cmd_units)
+
+    p = sub.add_parser("resend", help="send a unit's recorded results to the destinations again")
+    p.add_argument("unit", help="unit id (the SEG's SOP Instance UID)")
+    p.add_argument("--config", type=Path, default=None)
+    p.set_defaults(func=_cmd_resend)
+
+    p = sub.add_parser(
+        "demo", help="the node on embedded defaults: SYNTHETIC study in by C-STORE, results out"
+    )
     p.add_argument("--workdir", type=Path, default=Path("demo"))
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="no node: run `molsub predict` in this process instead",
+    )
     p.set_defaults(func=_cmd_demo)
 
     model = sub.add_parser("model", help="model bundles").add_subparsers(

@@ -203,7 +203,7 @@ def _convert(value: Any, hint: Any, label: str) -> Any:
                 raise TypeError
             return value
         if hint is int:
-            if isinstance(value, bool) or isinstance(value, float):
+            if isinstance(value, (bool, float)):
                 raise TypeError
             return int(value)
         if hint is float:

@@ -1,34 +1,143 @@
-"""The README's main job on embedded defaults: no PACS, no broker, no trained weights needed."""
+"""The README's main job on embedded defaults: no PACS, no broker server, no trained weights.
+
+It runs the node as a real process (C-STORE SCP + local Celery workers on the embedded
+filesystem broker), sends a SYNTHETIC study to it over DIMSE as a modality would, waits for the
+results in a folder destination and shows them: the SR summary and the heatmaps as PNG.
+``--offline`` skips the node and runs ``molsub predict`` in-process instead.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+DEMO_TIMEOUT_S = 600
 
-def run_demo(workdir: Path) -> int:
-    """SYNTHETIC study + UNTRAINED bundle -> `molsub predict` -> SR summary and heatmap PNGs."""
+
+def _prepare(workdir: Path):  # noqa: ANN202 - (study, bundle info, bundle dir)
     from model.bundle import init_untrained, read_bundle_info
-    from molsub.predict import predict_files
     from molsub.synth import write_synthetic_studies
 
-    studies_dir, bundle_dir, out_dir = workdir / "studies", workdir / "bundle", workdir / "results"
-    studies = write_synthetic_studies(studies_dir, patients=1, seed=0)
+    bundle_dir = workdir / "bundle"
+    study = write_synthetic_studies(workdir / "studies", patients=1, seed=0)[0]
     if (bundle_dir / "bundle.json").exists():
         info = read_bundle_info(bundle_dir)
     else:
         info = init_untrained(bundle_dir)
-    print(
-        f"SYNTHETIC study: {studies[0].patient_id} ({studies[0].subtype}), "
-        f"bundle: {info.display_name}"
-    )
-    report = predict_files(
-        [studies_dir / studies[0].patient_id], bundle_dir=bundle_dir, out_dir=out_dir
-    )
+    print(f"SYNTHETIC study {study.patient_id} ({study.subtype}); bundle {info.display_name}")
+    return study, bundle_dir
+
+
+def run_offline(workdir: Path) -> int:
+    from molsub.predict import predict_files
+
+    study, bundle_dir = _prepare(workdir)
+    report = predict_files(study.paths, bundle_dir=bundle_dir, out_dir=workdir / "results")
     for unit in report.units:
         print(unit.summary)
         for path in unit.written:
-            kind = "heatmap PNG" if path.suffix == ".png" else "DICOM"
-            print(f"  {kind:11s} {path}")
+            print(f"  {'heatmap PNG' if path.suffix == '.png' else 'DICOM':11s} {path}")
     for failure in report.failures:
         print(f"error: {failure}")
     return 1 if report.failures or not report.units else 0
+
+
+def write_demo_config(workdir: Path, bundle_dir: Path) -> Path:
+    path = workdir / "node.toml"
+    path.write_text(
+        "# written by `molsub demo`: embedded broker, results to a folder\n"
+        '[node]\nae_title = "MOLSUB"\nhost = "127.0.0.1"\nport = 11112\n'
+        f'spool_dir = "{(workdir / "spool").resolve()}"\nstudy_timeout_s = 600\n'
+        f'[model]\nbundle = "{bundle_dir.resolve()}"\ndevice = "cpu"\n'
+        '[queue]\nbroker_url = ""\n'
+        f'[[destinations]]\nname = "demo-folder"\nfolder = "{(workdir / "received").resolve()}"\n'
+    )
+    return path
+
+
+def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """`molsub serve` on a free port; returns the process and the port it listens on.
+
+    The node's and its workers' logs go to ``log_path``; stdout carries the "listening" line.
+    """
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "molsub.cli", "serve", "--config", str(config), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("listening "):
+            return proc, int(line.split()[1].rsplit(":", 1)[1])
+    raise RuntimeError(f"the node exited ({proc.wait()}) before listening")
+
+
+def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[Path, list[Path]]:
+    """The SR and as many SCs as it has ROIs, once all have arrived."""
+    import pydicom
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        by_class: dict[str, list[Path]] = {}
+        for path in sorted(folder.rglob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            by_class.setdefault(str(ds.SOPClassUID), []).append(path)
+        srs = by_class.get(SR_CLASS, [])
+        if srs:
+            sr = pydicom.dcmread(srs[0])
+            rois = sum(1 for _ in _groups(sr))
+            if len(by_class.get(SC_CLASS, [])) >= rois:
+                return srs[0], by_class[SC_CLASS]
+        time.sleep(0.5)
+    raise TimeoutError(f"no complete results in {folder} after {timeout_s:.0f} s")
+
+
+def _groups(item):  # noqa: ANN001, ANN202 - SR content items
+    for child in item.get("ContentSequence", []):
+        code = child.get("ConceptNameCodeSequence")
+        if code and code[0].CodeValue == "125007":
+            yield child
+        yield from _groups(child)
+
+
+def run_demo(workdir: Path, offline: bool = False) -> int:
+    """Node mode: synth -> C-STORE to the node -> SR + SC back in a folder -> summary + PNG."""
+    if offline:
+        return run_offline(workdir)
+    import pydicom
+    from PIL import Image
+
+    from molsub.config import Destination
+    from worker.delivery import store_scu
+    from worker.results import summarize_sr
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    study, bundle_dir = _prepare(workdir)
+    config = write_demo_config(workdir, bundle_dir)
+    node, port = start_node(config, workdir / "node.log")
+    try:
+        print(
+            f"node listening on 127.0.0.1:{port} (log: {workdir / 'node.log'}); "
+            "sending the study by C-STORE"
+        )
+        started = time.monotonic()
+        target = Destination(name="node", ae_title="MOLSUB", host="127.0.0.1", port=port)
+        store_scu(target, study.paths, calling_ae="MOLSUB_DEMO")
+        sr_path, sc_paths = wait_for_results(workdir / "received")
+        print(f"results back after {time.monotonic() - started:.1f} s")
+        print(summarize_sr(pydicom.dcmread(sr_path)))
+        print(f"  SR          {sr_path}")
+        for i, path in enumerate(sc_paths, start=1):
+            png = workdir / f"heatmap-{i:02d}.png"
+            Image.fromarray(pydicom.dcmread(path).pixel_array).save(png)
+            print(f"  SC          {path}\n  heatmap PNG {png}")
+    finally:
+        node.terminate()
+        node.wait(timeout=120)
+    return 0

@@ -1,0 +1,1 @@
+"""The node's receiving side: C-STORE SCP, durable spool, study completion, dispatch."""

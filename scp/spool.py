@@ -22,6 +22,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from model.errors import InputError
+from model.seg_refs import referenced_image_uids
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
     """
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise InputError(fallback_uid or "(unknown)", f"not a readable DICOM object: {exc}")
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        reason = f"not a readable DICOM object: {exc}"
+        raise InputError(fallback_uid or "(unknown)", reason) from None
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
     uid_for_errors = sop_uid or fallback_uid or "(unknown)"
     if not is_valid_uid(sop_uid):
@@ -87,16 +89,8 @@ def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
 
 
 def seg_referenced_uids(ds: pydicom.Dataset) -> tuple[str, ...]:
-    """Every image a SEG references: series-level references and per-frame source images."""
-    found: list[str] = []
-    for series in ds.get("ReferencedSeriesSequence", []):
-        found += [i.get("ReferencedSOPInstanceUID") for i in series.get("ReferencedInstanceSequence", [])]
-    groups = list(ds.get("PerFrameFunctionalGroupsSequence", []))
-    groups += list(ds.get("SharedFunctionalGroupsSequence", []))
-    for group in groups:
-        for derivation in group.get("DerivationImageSequence", []):
-            found += [s.get("ReferencedSOPInstanceUID") for s in derivation.get("SourceImageSequence", [])]
-    return tuple(dict.fromkeys(str(uid) for uid in found if uid))
+    """Every image a SEG references (series-level and per-frame source images)."""
+    return tuple(referenced_image_uids(ds))
 
 
 class Spool:
@@ -134,23 +128,29 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
-    def receive(self, source: BinaryIO | Path, fallback_uid: str = "") -> tuple[Path, ObjectInfo]:
-        """Stream ``source`` (a DICOM file) into a synced temporary file and read its UIDs.
+    def receive(
+        self, source: BinaryIO | Path, fallback_uid: str = "", *, move: bool = False
+    ) -> tuple[Path, ObjectInfo]:
+        """Put ``source`` (a DICOM file) into a synced temporary file and read its UIDs.
 
-        Returns the temporary path (call ``commit`` or ``discard``) and the object's UIDs; on
-        bad input the temporary file is removed and InputError raised.
+        With ``move`` a path is renamed into the spool when it is on the same file system
+        (no copy of a large image), else streamed in 1 MiB chunks. Returns the temporary path
+        (then call ``commit`` or ``discard``) and the object's UIDs; on bad input the temporary
+        file is removed and InputError raised.
         """
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, suffix=".part")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(source, Path):
-                    with source.open("rb") as src:
-                        shutil.copyfileobj(src, out, _COPY_CHUNK)
-                else:
-                    shutil.copyfileobj(source, out, _COPY_CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+            with os.fdopen(fd, "r+b") as out:
+                if not (move and isinstance(source, Path) and _try_rename(source, tmp)):
+                    if isinstance(source, Path):
+                        with source.open("rb") as src:
+                            shutil.copyfileobj(src, out, _COPY_CHUNK)
+                    else:
+                        shutil.copyfileobj(source, out, _COPY_CHUNK)
+                    out.flush()
+            with tmp.open("rb") as synced:
+                os.fsync(synced.fileno())
             return tmp, read_object_info(tmp, fallback_uid)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -173,6 +173,15 @@ class Spool:
     @staticmethod
     def discard(tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
+
+
+def _try_rename(source: Path, target: Path) -> bool:
+    """Rename when both are on one file system; False (nothing done) when they are not."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def _fsync_dirs(folders: Iterable[Path]) -> None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from model.errors import InputError
 from model.preprocess import extract_rois, referenced_image_uids
 from model.roi import RoiCrop, RoiPrediction
 
@@ -51,14 +50,8 @@ def prepare(
     input_size: int,
 ) -> PreparedUnit:
     """Decode and crop every ROI of one SEG; keep only headers of the sources it references."""
-    wanted = referenced_image_uids(seg)
-    missing = [uid for uid in wanted if uid not in images]
-    if missing:
-        raise InputError(
-            str(seg.SOPInstanceUID), f"references image {missing[0]} which was not received"
-        )
     rois = extract_rois(seg, images, profile=profile, bound_size=bound_size, input_size=input_size)
-    sources = [header_only(images[uid]) for uid in wanted]
+    sources = [header_only(images[uid]) for uid in referenced_image_uids(seg)]
     return PreparedUnit(seg=header_only(seg), sources=sources, rois=rois)
 
 

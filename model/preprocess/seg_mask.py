@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from model.errors import InputError
+from model.seg_refs import referenced_image_uids
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -26,25 +27,6 @@ class SegmentMask:
     segment_label: str
     source_sop_instance_uid: str
     mask: np.ndarray  # bool, in the source image's pixel grid
-
-
-def referenced_image_uids(seg: Dataset) -> list[str]:
-    """SOP Instance UIDs the SEG is drawn on, without decoding pixels (cheap, for the SCP).
-
-    Read from the Referenced Series Sequence and the per-frame Derivation Image Sequence (other
-    toolkits fill one or the other); first-seen order.
-    """
-    uids: list[str] = []
-    for series in seg.get("ReferencedSeriesSequence", []):
-        for inst in series.get("ReferencedInstanceSequence", []):
-            uids.append(str(inst.ReferencedSOPInstanceUID))
-    groups = list(seg.get("PerFrameFunctionalGroupsSequence", []))
-    groups += list(seg.get("SharedFunctionalGroupsSequence", []))
-    for group in groups:
-        for derivation in group.get("DerivationImageSequence", []):
-            for src in derivation.get("SourceImageSequence", []):
-                uids.append(str(src.ReferencedSOPInstanceUID))
-    return list(dict.fromkeys(uids))
 
 
 def _parse(seg: Dataset) -> hd.seg.Segmentation:

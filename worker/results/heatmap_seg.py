@@ -54,7 +54,9 @@ def build_heatmap_seg(
         name=bundle.display_name[:64],
         family=AI_FAMILY,
         version=bundle.version[:64],
-        source=f"weights sha256 {bundle.digest}"[:64],
+        source=MANUFACTURER,
+        # Algorithm Parameters is LT: the whole digest fits (Algorithm Source, LO, cut it).
+        parameters={"weights sha256": bundle.digest},
     )
     descriptions = []
     planes = []

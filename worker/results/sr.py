@@ -80,14 +80,11 @@ def seg_frame_number(seg: Dataset, segment_number: int, source_uid: str) -> int:
 
 
 def roi_identifier(index: int, roi: RoiCrop, image: Dataset) -> str:
-    """Human-readable tracking identifier, e.g. "ROI 1: Lesion 1 on L CC"."""
+    """Human-readable tracking identifier, e.g. "ROI 1: Lesion 1 (segment 1) on L CC"."""
     lat = laterality_of(image) or "?"
     view = str(image.get("ViewPosition", "")) or "?"
-    return (
-        f"ROI {index + 1}: {roi.segment_label or f'segment {roi.segment_number}'} on {lat} {view}"[
-            :64
-        ]
-    )
+    label = roi.segment_label or "lesion"
+    return f"ROI {index + 1}: {label} (segment {roi.segment_number}) on {lat} {view}"[:64]
 
 
 def _roi_group(

@@ -1,0 +1,165 @@
+"""NodeSCP: the node's DICOM receiver (C-ECHO, C-STORE of MG and SEG) over the spool.
+
+Success (0x0000) goes back only after the object is durably in the spool and recorded in the
+state database; anything else gets a failure status with an error comment and leaves no
+object behind. Objects stream to disk (pynetdicom's STORE_RECV_CHUNKED_DATASET), so a 30 MB
+mammogram is never held in memory whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+
+from model.errors import InputError
+from molsub.config import NodeConfig
+from scp.dispatcher import Dispatcher, EnqueueFn
+from scp.spool import ACCEPTED_SOP_CLASSES, Spool
+from scp.state import StateDB
+
+log = logging.getLogger(__name__)
+
+# REFERENCE.md s.3: what mammography devices and PACS send.
+TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class NodeSCP:
+    """The receiving side of the node: AE + spool + state database + dispatcher thread."""
+
+    def __init__(self, config: NodeConfig, enqueue: EnqueueFn, *, poll_s: float = 1.0) -> None:
+        self.config = config
+        self.spool = Spool(config.node.spool_dir)
+        self._enqueue = enqueue
+        self._poll_s = poll_s
+        self.db: StateDB | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._server: Any = None
+        self._chunked_before = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the spool, re-offer ready units, and listen (returns once listening)."""
+        if self._server is not None:
+            raise RuntimeError("NodeSCP already started")
+        node = self.config.node
+        self.spool.clear_temporary()
+        self.db = StateDB(self.spool.state_db_path, self.spool.root)
+        self.dispatcher = Dispatcher(self.db, self._enqueue, node.study_timeout_s, self._poll_s)
+        # Module-level pynetdicom switch: received datasets go to a file, not memory.
+        self._chunked_before = _config.STORE_RECV_CHUNKED_DATASET
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        ae = AE(ae_title=node.ae_title)
+        ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        ae.require_calling_aet = list(node.allowed_calling_aets)
+        self.ae = ae
+        try:
+            self._server = ae.start_server(
+                (node.host, node.port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            )
+        except BaseException:
+            _config.STORE_RECV_CHUNKED_DATASET = self._chunked_before
+            self.db.close()
+            raise
+        self.dispatcher.start()
+        log.info(
+            "SCP %s listening on %s:%d, spool %s",
+            node.ae_title,
+            node.host,
+            self.port,
+            self.spool.root,
+        )
+
+    def stop(self) -> None:
+        """Stop listening (open associations end), then the dispatcher; the spool stays."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            _config.STORE_RECV_CHUNKED_DATASET = self._chunked_before
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def __enter__(self) -> NodeSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the real one when the config asked for port 0)."""
+        if self._server is None:
+            return self.config.node.port
+        return int(self._server.server_address[1])
+
+    # -- C-STORE -------------------------------------------------------------------------------
+
+    def _handle_store(self, event: evt.Event) -> Dataset | int:
+        request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        calling = event.assoc.requestor.ae_title
+        assert self.db is not None and self.dispatcher is not None
+        try:
+            tmp, info = self.spool.receive(event.dataset_path, request_uid, move=True)
+        except InputError as exc:
+            log.warning("C-STORE from %s refused: %s", calling, exc)
+            return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+        except OSError as exc:
+            log.error("C-STORE of %s from %s: spool write failed: %s", request_uid, calling, exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "spool write failed")
+        try:
+            final = self.spool.commit(tmp, info)
+            ready = self.db.record_instance(info, final)
+        except (OSError, sqlite3.Error) as exc:
+            self.spool.discard(tmp)
+            log.error("C-STORE of %s from %s: not stored: %s", info.sop_instance_uid, calling, exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "spool or state database failed")
+        log.info(
+            "stored %s %s (study %s) from %s",
+            "SEG" if info.is_seg else "image",
+            info.sop_instance_uid,
+            info.study_uid,
+            calling,
+        )
+        if ready:
+            log.info("unit(s) ready: %s", ", ".join(ready))
+            self.dispatcher.wake()
+        return STATUS_SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO: 64 characters at most
+    return status

@@ -1,0 +1,321 @@
+"""The spool's state database (SQLite, WAL, synchronous=FULL): instances received and units.
+
+A unit is one SEG and the images it references. Its state moves
+``waiting -> ready -> enqueued -> done | failed``, or ``waiting -> timed_out``. ``ready`` is
+set in the same transaction that records the unit's last missing object (the outbox pattern):
+whatever crashes afterwards, the unit is found ready at the next start and enqueued then, and
+only a unit recorded ``enqueued`` is never offered again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from scp.spool import ObjectInfo
+
+WAITING, READY, ENQUEUED, TIMED_OUT, FAILED, DONE = (
+    "waiting",
+    "ready",
+    "enqueued",
+    "timed_out",
+    "failed",
+    "done",
+)
+UNIT_STATES = (WAITING, READY, ENQUEUED, TIMED_OUT, FAILED, DONE)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    sop_class TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS units (
+    unit_id TEXT PRIMARY KEY,
+    seg_uid TEXT NOT NULL UNIQUE,
+    study_uid TEXT NOT NULL,
+    referenced_uids TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS unit_refs (
+    unit_id TEXT NOT NULL REFERENCES units(unit_id),
+    sop_uid TEXT NOT NULL,
+    PRIMARY KEY (unit_id, sop_uid)
+);
+CREATE INDEX IF NOT EXISTS unit_refs_by_sop ON unit_refs(sop_uid);
+CREATE INDEX IF NOT EXISTS units_by_state ON units(state);
+"""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: a SEG and the MG images it references, with where they are stored."""
+
+    unit_id: str
+    seg_uid: str
+    study_uid: str
+    referenced_uids: tuple[str, ...]
+    state: str
+    created_at: float
+    updated_at: float
+    last_received_at: float
+    detail: str
+    seg_path: Path | None
+    image_paths: tuple[Path, ...]  # the referenced images received so far, in reference order
+    missing_uids: tuple[str, ...]  # the referenced images not received (yet)
+
+
+class StateDB:
+    """Thread-safe access to the state database; paths are stored relative to ``root``."""
+
+    def __init__(self, db_path: str | Path, root: str | Path | None = None) -> None:
+        self.db_path = Path(db_path)
+        self.root = Path(root).resolve() if root else self.db_path.resolve().parent
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.db_path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction, taken immediately so concurrent writers queue, not deadlock."""
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    # -- recording arrivals --------------------------------------------------------------------
+
+    def record_instance(self, info: ObjectInfo, path: Path, now: float | None = None) -> list[str]:
+        """Record a stored object; returns the ids of units it made ready (same transaction)."""
+        now = time.time() if now is None else now
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO instances (sop_uid, sop_class, study_uid, path, received_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_uid) DO UPDATE SET "
+                "sop_class=excluded.sop_class, study_uid=excluded.study_uid, "
+                "path=excluded.path, received_at=excluded.received_at",
+                (info.sop_instance_uid, info.sop_class_uid, info.study_uid, self._rel(path), now),
+            )
+            if info.is_seg:
+                touched = [self._record_seg(cur, info, now)]
+            else:
+                touched = [
+                    row["unit_id"]
+                    for row in cur.execute(
+                        "SELECT u.unit_id FROM unit_refs r JOIN units u USING (unit_id) "
+                        "WHERE r.sop_uid = ? AND u.state = ?",
+                        (info.sop_instance_uid, WAITING),
+                    ).fetchall()
+                ]
+                cur.executemany(
+                    "UPDATE units SET last_received_at = ?, updated_at = ? WHERE unit_id = ?",
+                    [(now, now, unit_id) for unit_id in touched],
+                )
+            ready = [u for u in touched if u and self._complete(cur, u)]
+            cur.executemany(
+                "UPDATE units SET state = ?, updated_at = ? WHERE unit_id = ? AND state = ?",
+                [(READY, now, unit_id, WAITING) for unit_id in ready],
+            )
+        return ready
+
+    def _record_seg(self, cur: sqlite3.Cursor, info: ObjectInfo, now: float) -> str:
+        """Create the SEG's unit, or reopen a timed-out one (a resent SEG is a retry)."""
+        unit_id = info.sop_instance_uid
+        row = cur.execute("SELECT state FROM units WHERE unit_id = ?", (unit_id,)).fetchone()
+        if row is None:
+            cur.execute(
+                "INSERT INTO units (unit_id, seg_uid, study_uid, referenced_uids, state, "
+                "created_at, updated_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    unit_id,
+                    info.sop_instance_uid,
+                    info.study_uid,
+                    json.dumps(list(info.referenced_uids)),
+                    WAITING,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+            cur.executemany(
+                "INSERT OR IGNORE INTO unit_refs (unit_id, sop_uid) VALUES (?, ?)",
+                [(unit_id, uid) for uid in info.referenced_uids],
+            )
+        elif row["state"] in (WAITING, TIMED_OUT):
+            cur.execute(
+                "UPDATE units SET state = ?, detail = '', updated_at = ?, last_received_at = ? "
+                "WHERE unit_id = ?",
+                (WAITING, now, now, unit_id),
+            )
+        else:
+            return ""  # already ready or further along: a resent SEG changes nothing
+        return unit_id
+
+    @staticmethod
+    def _complete(cur: sqlite3.Cursor, unit_id: str) -> bool:
+        missing = cur.execute(
+            "SELECT COUNT(*) FROM unit_refs r LEFT JOIN instances i USING (sop_uid) "
+            "WHERE r.unit_id = ? AND i.sop_uid IS NULL",
+            (unit_id,),
+        ).fetchone()[0]
+        return missing == 0
+
+    # -- state changes -------------------------------------------------------------------------
+
+    def expire_waiting(self, timeout_s: float, now: float | None = None) -> list[Unit]:
+        """Close units still waiting ``timeout_s`` after their last object; returns them."""
+        now = time.time() if now is None else now
+        with self._transaction() as cur:
+            ids = [
+                r["unit_id"]
+                for r in cur.execute(
+                    "SELECT unit_id FROM units WHERE state = ? AND last_received_at <= ?",
+                    (WAITING, now - timeout_s),
+                ).fetchall()
+            ]
+            cur.executemany(
+                "UPDATE units SET state = ?, updated_at = ?, detail = ? WHERE unit_id = ?",
+                [(TIMED_OUT, now, f"incomplete after {timeout_s:g} s", i) for i in ids],
+            )
+        return [u for u in (self.get_unit(i) for i in ids) if u is not None]
+
+    def mark_enqueued(self, unit_id: str, now: float | None = None) -> bool:
+        """ready -> enqueued; False if the unit was not ready (nothing changed)."""
+        return self._move(unit_id, READY, ENQUEUED, "", now)
+
+    def set_state(
+        self, unit_id: str, state: str, detail: str = "", now: float | None = None
+    ) -> bool:
+        """Set a unit's state (the worker side: done / failed); False for an unknown unit."""
+        if state not in UNIT_STATES:
+            raise ValueError(f"unknown unit state {state!r}; known: {', '.join(UNIT_STATES)}")
+        return self._move(unit_id, None, state, detail, now)
+
+    def _move(
+        self, unit_id: str, from_state: str | None, to_state: str, detail: str, now: float | None
+    ) -> bool:
+        now = time.time() if now is None else now
+        sql = "UPDATE units SET state = ?, detail = ?, updated_at = ? WHERE unit_id = ?"
+        args: tuple = (to_state, detail, now, unit_id)
+        if from_state is not None:
+            sql += " AND state = ?"
+            args += (from_state,)
+        with self._transaction() as cur:
+            return cur.execute(sql, args).rowcount == 1
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def get_unit(self, unit_id: str) -> Unit | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM units WHERE unit_id = ?", (unit_id,)).fetchone()
+            return self._unit(row) if row else None
+
+    def list_units(self, state: str | None = None) -> list[Unit]:
+        """Units (all, or in one state), oldest first: the ``unit status`` listing."""
+        sql, args = "SELECT * FROM units", ()
+        if state is not None:
+            sql, args = sql + " WHERE state = ?", (state,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY created_at, unit_id", args).fetchall()
+            return [self._unit(r) for r in rows]
+
+    def ready_units(self) -> list[Unit]:
+        return self.list_units(READY)
+
+    def instance_path(self, sop_uid: str) -> Path | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,)
+            ).fetchone()
+        return self.root / row["path"] if row else None
+
+    def count_instances(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+    def _unit(self, row: sqlite3.Row) -> Unit:
+        refs = tuple(json.loads(row["referenced_uids"]))
+        paths = {
+            r["sop_uid"]: self.root / r["path"]
+            for r in self._conn.execute(
+                "SELECT i.sop_uid, i.path FROM unit_refs r JOIN instances i USING (sop_uid) "
+                "WHERE r.unit_id = ?",
+                (row["unit_id"],),
+            )
+        }
+        seg = self._conn.execute(
+            "SELECT path FROM instances WHERE sop_uid = ?", (row["seg_uid"],)
+        ).fetchone()
+        return Unit(
+            unit_id=row["unit_id"],
+            seg_uid=row["seg_uid"],
+            study_uid=row["study_uid"],
+            referenced_uids=refs,
+            state=row["state"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            last_received_at=row["last_received_at"],
+            detail=row["detail"],
+            seg_path=self.root / seg["path"] if seg else None,
+            image_paths=tuple(paths[uid] for uid in refs if uid in paths),
+            missing_uids=tuple(uid for uid in refs if uid not in paths),
+        )
+
+    def _rel(self, path: Path) -> str:
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(resolved)
+
+
+def format_units(units: list[Unit]) -> str:
+    """A plain table of units for the CLI (UIDs only)."""
+    if not units:
+        return "no units"
+    lines = [f"{'UNIT (SEG UID)':<64}  {'STATE':<9}  IMAGES  UPDATED (UTC)"]
+    for u in units:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.updated_at))
+        images = f"{len(u.image_paths)}/{len(u.referenced_uids)}"
+        lines.append(f"{u.unit_id:<64}  {u.state:<9}  {images:<6}  {stamp}  {u.detail}".rstrip())
+    return "\n".join(lines)
+
+
+def unit_status(spool_dir: str | Path, state: str | None = None) -> list[Unit]:
+    """The units of a spool, read without a running node (``molsub`` CLI)."""
+    db_path = Path(spool_dir) / "state.sqlite3"
+    if not db_path.exists():
+        return []
+    db = StateDB(db_path)
+    try:
+        return db.list_units(state)
+    finally:
+        db.close()

@@ -1,0 +1,137 @@
+"""node.toml parsing, environment overrides and validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from molsub.config import ConfigError, NodeConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+FULL = """
+[node]
+ae_title = "NODE1"
+host = "0.0.0.0"
+port = 104
+allowed_calling_aets = ["PACS1", "MG1"]
+spool_dir = "spool-here"
+study_timeout_s = 30
+
+[model]
+bundle = "/opt/bundle"
+
+[queue]
+broker_url = "redis://user:secret@redis:6379/0"
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS1"
+host = "pacs.example"
+port = 11113
+
+[[destinations]]
+name = "copy"
+folder = "out"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe() -> None:
+    config = load_config(None, env={})
+    assert config == NodeConfig()
+    assert config.node.host == "127.0.0.1"  # loopback unless opened on purpose
+    assert (config.node.ae_title, config.node.port, config.node.study_timeout_s) == (
+        "MOLSUB",
+        11112,
+        600.0,
+    )
+    assert config.node.allowed_calling_aets == ()
+    assert config.queue.broker_url == ""
+
+
+def test_full_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL), env={})
+    assert config.node.ae_title == "NODE1" and config.node.port == 104
+    assert config.node.allowed_calling_aets == ("PACS1", "MG1")
+    assert config.node.spool_dir == tmp_path / "spool-here"  # relative to the file
+    assert config.node.study_timeout_s == 30.0
+    assert config.model.bundle == Path("/opt/bundle")
+    pacs, copy = config.destinations
+    assert (pacs.ae_title, pacs.host, pacs.port, pacs.is_folder) == (
+        "PACS1",
+        "pacs.example",
+        11113,
+        False,
+    )
+    assert copy.is_folder and copy.folder == tmp_path / "out"
+    text = config.describe()
+    assert "NODE1" in text and "0.0.0.0:104" in text and "PACS1, MG1" in text
+    assert "secret" not in text  # broker password redacted
+    assert "folder" in text and "pacs.example:11113" in text
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    env = {
+        "MOLSUB_NODE_PORT": "2000",
+        "MOLSUB_NODE_ALLOWED_CALLING_AETS": "A1, B2",
+        "MOLSUB_QUEUE_BROKER_URL": "redis://h:1/0",
+        "MOLSUB_MODEL_BUNDLE": "/b",
+        "MOLSUB_NODE_STUDY_TIMEOUT_S": "1.5",
+    }
+    config = load_config(write(tmp_path, FULL), env=env)
+    assert config.node.port == 2000
+    assert config.node.allowed_calling_aets == ("A1", "B2")
+    assert config.queue.broker_url == "redis://h:1/0"
+    assert config.model.bundle == Path("/b")
+    assert config.node.study_timeout_s == 1.5
+    assert (
+        load_config(None, env={"MOLSUB_NODE_ALLOWED_CALLING_AETS": ""}).node.allowed_calling_aets
+        == ()
+    )
+
+
+def test_deploy_example_loads() -> None:
+    example = REPO / "deploy" / "node.toml"
+    if not example.exists():
+        pytest.skip("deploy/node.toml not present")
+    config = load_config(example, env={})
+    assert config.node.port == 11112 and len(config.destinations) >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[node]\nport = 70000\n", {}, "[node] port: must be a TCP port"),
+        ("[node]\nport = 'abc'\n", {}, "[node] port: must be an integer"),
+        ("", {"MOLSUB_NODE_PORT": "eleven"}, "$MOLSUB_NODE_PORT"),
+        ("[node]\nae_title = 'A_TITLE_FAR_TOO_LONG'\n", {}, "[node] ae_title"),
+        ("[node]\nprot = 1\n", {}, "unknown key(s) ['prot']"),
+        ("[nodes]\n", {}, "unknown section(s) ['nodes']"),
+        ("[node]\nstudy_timeout_s = 0\n", {}, "study_timeout_s: must be > 0"),
+        ("[[destinations]]\nname = 'x'\nhost = 'h'\n", {}, "needs ae_title, host and port"),
+        (
+            "[[destinations]]\nname = 'x'\nfolder = 'f'\nport = 1\n",
+            {},
+            "either folder or ae_title+host+port",
+        ),
+        ("[node\n", {}, "not valid TOML"),
+    ],
+)
+def test_validation_names_key_and_reason(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env=env)
+    assert message in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")

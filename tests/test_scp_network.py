@@ -1,0 +1,376 @@
+"""The SCP against real dcmtk peers (storescu / echoscu subprocesses), in this test process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from molsub.config import NodeConfig, NodeSettings
+from scp.server import TRANSFER_SYNTAXES, NodeSCP
+from scp.spool import Spool
+from scp.state import DONE, ENQUEUED, READY, TIMED_OUT, WAITING, Unit, unit_status
+from tests.dicom_peers import SCU_AET, echoscu, free_port, storescu
+from tests.factories import disk_mask, make_mg, make_seg
+
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    """The enqueue callback: records what it was given; can be told to fail (broker down)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.units: list[Unit] = []
+        self.fail = fail
+        self.attempts = 0
+        self.called = threading.Event()
+
+    def __call__(self, unit: Unit) -> None:
+        self.attempts += 1
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.units.append(unit)
+        self.called.set()
+
+    @property
+    def ids(self) -> list[str]:
+        return [u.unit_id for u in self.units]
+
+
+StartFn = Callable[..., NodeSCP]
+
+
+@pytest.fixture
+def start_scp(tmp_path: Path) -> Iterator[StartFn]:
+    """Start a NodeSCP on a free port over tmp_path/spool; all are stopped at teardown."""
+    started: list[NodeSCP] = []
+
+    def start(enqueue: Callable[[Unit], None], **node: object) -> NodeSCP:
+        settings = {"port": free_port(), "spool_dir": tmp_path / "spool", **node}
+        scp = NodeSCP(NodeConfig(node=NodeSettings(**settings)), enqueue, poll_s=0.05)
+        scp.start()
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
+
+
+def write(ds: pydicom.Dataset, folder: Path, name: str) -> Path:
+    path = folder / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict[str, Path | str]:
+    """Two MG images (CC, MLO) of one synthetic study and one SEG over both, as files."""
+    out = tmp_path / "send"
+    out.mkdir()
+    cc = make_mg(view="CC", seed=1)
+    mlo = make_mg(view="MLO", study_uid=cc.StudyInstanceUID, seed=2)
+    mask = disk_mask((256, 200), (120, 90), 25)
+    seg = make_seg([cc, mlo], [mask, mask])
+    return {
+        "cc": write(cc, out, "cc.dcm"),
+        "mlo": write(mlo, out, "mlo.dcm"),
+        "seg": write(seg, out, "seg.dcm"),
+        "seg_uid": seg.SOPInstanceUID,
+        "study_uid": cc.StudyInstanceUID,
+        "cc_uid": cc.SOPInstanceUID,
+        "mlo_uid": mlo.SOPInstanceUID,
+    }
+
+
+def send_ok(port: int, *files: Path) -> None:
+    result = storescu(port, list(files))
+    assert result.returncode == 0, result.stderr
+    assert "Failed" not in result.stderr, result.stderr
+
+
+def unit_state(scp: NodeSCP, unit_id: str) -> str | None:
+    assert scp.db is not None
+    unit = scp.db.get_unit(unit_id)
+    return unit.state if unit else None
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def spooled_files(spool: Path) -> list[Path]:
+    return sorted((spool / "studies").rglob("*.dcm"))
+
+
+def test_echo(start_scp: StartFn) -> None:
+    scp = start_scp(Recorder())
+    result = echoscu(scp.port)
+    assert result.returncode == 0, result.stderr
+    assert "Received Echo Response (Success)" in result.stderr
+
+
+def test_every_required_transfer_syntax_offered(start_scp: StartFn) -> None:
+    scp = start_scp(Recorder())
+    for uid in ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1"):
+        contexts = [c for c in scp.ae.supported_contexts if c.abstract_syntax == uid]
+        assert len(contexts) == 1
+        assert set(contexts[0].transfer_syntax) == set(TRANSFER_SYNTAXES)
+    assert len(TRANSFER_SYNTAXES) == 13
+
+
+def test_mg_and_seg_stored_durably_and_unit_enqueued(
+    start_scp: StartFn, study: dict, tmp_path: Path
+) -> None:
+    enqueue = Recorder()
+    scp = start_scp(enqueue)
+    send_ok(scp.port, study["cc"], study["mlo"], study["seg"])
+
+    spool = tmp_path / "spool"
+    study_dir = spool / "studies" / study["study_uid"]
+    for key in ("cc", "mlo", "seg"):
+        sent = pydicom.dcmread(study[key])
+        stored = pydicom.dcmread(study_dir / f"{sent.SOPInstanceUID}.dcm")
+        assert stored == sent  # every data element, pixel data included
+        assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert len(spooled_files(spool)) == 3
+    assert list((spool / "tmp").iterdir()) == []
+
+    assert wait_for(lambda: unit_state(scp, study["seg_uid"]) == ENQUEUED)
+    assert enqueue.ids == [study["seg_uid"]]
+    unit = enqueue.units[0]
+    assert unit.referenced_uids == (study["cc_uid"], study["mlo_uid"])
+    assert [p.name for p in unit.image_paths] == [
+        f"{study['cc_uid']}.dcm",
+        f"{study['mlo_uid']}.dcm",
+    ]
+    assert unit.seg_path == study_dir / f"{study['seg_uid']}.dcm"
+
+
+def test_jpeg_lossless_sample_kept_in_its_transfer_syntax(
+    start_scp: StartFn, samples_dir: Path, tmp_path: Path
+) -> None:
+    scp = start_scp(Recorder())
+    sample = samples_dir / "mg" / "OutOfBoundsOverlay.dcm"
+    result = storescu(scp.port, [sample], options=("-R", "-xs"))
+    assert result.returncode == 0, result.stderr
+    sent = pydicom.dcmread(sample)
+    [stored_path] = spooled_files(tmp_path / "spool")
+    stored = pydicom.dcmread(stored_path)
+    assert stored.file_meta.TransferSyntaxUID == JPEG_LOSSLESS_SV1
+    assert stored.PixelData == sent.PixelData
+    assert stored_path.name == f"{sent.SOPInstanceUID}.dcm"
+
+
+@pytest.mark.parametrize(
+    "sample", ["mg/jpeg2k_3d.dcm", "sr_seg/sr_document.dcm", "sr_seg/dcmqi_sr.dcm"]
+)
+def test_unsupported_sop_class_refused_at_negotiation(
+    start_scp: StartFn, samples_dir: Path, tmp_path: Path, sample: str
+) -> None:
+    scp = start_scp(Recorder())
+    result = storescu(scp.port, [samples_dir / sample])
+    assert result.returncode != 0
+    assert "No Acceptable Presentation Contexts" in result.stderr
+    assert spooled_files(tmp_path / "spool") == []
+
+
+def test_calling_ae_not_allowed_is_rejected(
+    start_scp: StartFn, study: dict, tmp_path: Path
+) -> None:
+    scp = start_scp(Recorder(), allowed_calling_aets=("PACS1", SCU_AET))
+    refused = storescu(scp.port, [study["cc"]], calling_aet="INTRUDER")
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stderr
+    assert "Calling AE Title Not Recognized" in refused.stderr
+    assert spooled_files(tmp_path / "spool") == []
+    send_ok(scp.port, study["cc"])  # an allowed title gets in
+    assert len(spooled_files(tmp_path / "spool")) == 1
+
+
+def test_unparseable_object_gets_failure_status_and_nothing_stored(
+    start_scp: StartFn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    scp = start_scp(Recorder())
+    mg = make_mg()
+    del mg.StudyInstanceUID
+    path = write(mg, tmp_path, "no_study.dcm")
+    with caplog.at_level(logging.WARNING, logger="scp.server"):
+        result = storescu(scp.port, [path], options=("-R", "-v"))
+    assert "Received Store Response (Error: CannotUnderstand" in result.stderr, result.stderr
+    assert spooled_files(tmp_path / "spool") == []
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert mg.SOPInstanceUID in line and "Study Instance UID" in line
+    assert mg.PatientID not in line and str(mg.PatientName) not in line
+
+
+def test_spool_failure_gives_out_of_resources_and_leaves_nothing(
+    start_scp: StartFn, study: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scp = start_scp(Recorder())
+
+    def disk_full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Spool, "commit", disk_full)
+    result = storescu(scp.port, [study["cc"]], options=("-R", "-v"))
+    assert "Received Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
+    assert spooled_files(tmp_path / "spool") == []
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_seg_before_images_and_split_over_associations(start_scp: StartFn, study: dict) -> None:
+    enqueue = Recorder()
+    scp = start_scp(enqueue)
+    send_ok(scp.port, study["seg"])
+    assert unit_state(scp, study["seg_uid"]) == WAITING
+    send_ok(scp.port, study["mlo"])
+    time.sleep(0.2)
+    assert unit_state(scp, study["seg_uid"]) == WAITING
+    assert enqueue.ids == []
+    send_ok(scp.port, study["cc"])
+    assert wait_for(lambda: enqueue.ids == [study["seg_uid"]])
+    assert unit_state(scp, study["seg_uid"]) == ENQUEUED
+
+
+def test_images_before_seg_ready_at_once(start_scp: StartFn, study: dict) -> None:
+    enqueue = Recorder()
+    scp = start_scp(enqueue, study_timeout_s=3600.0)
+    send_ok(scp.port, study["cc"], study["mlo"])
+    t0 = time.monotonic()
+    send_ok(scp.port, study["seg"])
+    assert wait_for(lambda: enqueue.ids == [study["seg_uid"]], timeout_s=5)
+    assert time.monotonic() - t0 < 5  # no study-timeout wait when complete
+
+
+def test_incomplete_unit_times_out_with_warning(
+    start_scp: StartFn, study: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueue = Recorder()
+    with caplog.at_level(logging.WARNING, logger="scp.dispatcher"):
+        scp = start_scp(enqueue, study_timeout_s=0.5)
+        send_ok(scp.port, study["cc"], study["seg"])
+        assert wait_for(lambda: unit_state(scp, study["seg_uid"]) == TIMED_OUT, timeout_s=5)
+        # The warning follows the state change in the dispatcher thread.
+        assert wait_for(lambda: any("timed out" in r.getMessage() for r in caplog.records))
+    assert enqueue.ids == []
+    [line] = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert study["seg_uid"] in line and study["mlo_uid"] in line
+    assert study["cc_uid"] not in line  # only the missing image is named
+
+
+def test_restart_ready_unit_enqueued_exactly_once(
+    start_scp: StartFn, study: dict, tmp_path: Path
+) -> None:
+    broker_down = Recorder(fail=True)
+    first = start_scp(broker_down)
+    send_ok(first.port, study["cc"], study["mlo"], study["seg"])
+    assert wait_for(lambda: broker_down.attempts >= 2)  # tried, failed, tried again
+    assert unit_state(first, study["seg_uid"]) == READY
+    first.stop()
+
+    enqueue = Recorder()
+    second = start_scp(enqueue)
+    assert wait_for(lambda: unit_state(second, study["seg_uid"]) == ENQUEUED)
+    time.sleep(0.2)
+    assert enqueue.ids == [study["seg_uid"]]
+    second.stop()
+
+    again = Recorder()
+    third = start_scp(again)
+    time.sleep(0.3)
+    assert again.ids == []  # enqueued units are never offered again
+    assert unit_state(third, study["seg_uid"]) == ENQUEUED
+    assert [u.state for u in unit_status(tmp_path / "spool")] == [ENQUEUED]
+
+
+def test_restart_half_received_unit_completes_after(start_scp: StartFn, study: dict) -> None:
+    first_enqueue = Recorder()
+    first = start_scp(first_enqueue)
+    send_ok(first.port, study["seg"], study["cc"])
+    assert unit_state(first, study["seg_uid"]) == WAITING
+    first.stop()
+
+    enqueue = Recorder()
+    second = start_scp(enqueue)
+    send_ok(second.port, study["mlo"])
+    assert wait_for(lambda: enqueue.ids == [study["seg_uid"]])
+    assert first_enqueue.ids == []
+    assert len(enqueue.units[0].image_paths) == 2
+    assert second.db is not None and second.db.set_state(study["seg_uid"], DONE)
+
+
+def test_scp_as_separate_process(study: dict, tmp_path: Path) -> None:
+    spool = tmp_path / "proc-spool"
+    env = {**os.environ, "MOLSUB_NODE_SPOOL_DIR": str(spool), "MOLSUB_NODE_AE_TITLE": "NODE2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scp", "--port", "0", "--enqueue", "log"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening "), line
+        port = int(line.rsplit(":", 1)[1])
+        result = storescu(port, [study["cc"], study["mlo"], study["seg"]], called_aet="NODE2")
+        assert result.returncode == 0, result.stderr
+        assert wait_for(lambda: [u.state for u in unit_status(spool)] == [ENQUEUED])
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+    stored = pydicom.dcmread(spool / "studies" / study["study_uid"] / f"{study['seg_uid']}.dcm")
+    assert np.array_equal(stored.pixel_array, pydicom.dcmread(study["seg"]).pixel_array)
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_large_mg_streams_to_disk_not_memory(tmp_path: Path) -> None:
+    """A Hologic-sized image (27 MB) is received without the SCP's memory growing by its size."""
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(4096, 3328), dtype=np.uint16)
+    big = write(make_mg(pixels), tmp_path, "big.dcm")
+    spool = tmp_path / "big-spool"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scp", "--port", "0", "--enqueue", "log", "--spool", str(spool)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        before = _peak_rss_kib(proc.pid)
+        send_ok(port, big)
+        growth_mib = (_peak_rss_kib(proc.pid) - before) / 1024
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    [stored] = spooled_files(spool)
+    assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(big).PixelData
+    assert stored.stat().st_mode & 0o077 == 0  # patient data: not readable by others
+    assert growth_mib < 10, f"peak memory grew by {growth_mib:.1f} MiB for a 27 MB object"

@@ -1,0 +1,175 @@
+"""Spool and StateDB alone: durable placement, SEG references, unit states, restart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from model.errors import InputError
+from scp import spool as spool_module
+from scp.dispatcher import Dispatcher
+from scp.spool import SEGMENTATION, ObjectInfo, Spool, read_object_info, seg_referenced_uids
+from scp.state import (
+    DONE,
+    ENQUEUED,
+    READY,
+    TIMED_OUT,
+    WAITING,
+    StateDB,
+    Unit,
+    format_units,
+    unit_status,
+)
+from tests.factories import MG_FOR_PRESENTATION, disk_mask, make_mg, make_seg, roundtrip
+
+STUDY = "1.2.3.4"
+
+
+def mg_info(uid: str) -> ObjectInfo:
+    return ObjectInfo(uid, MG_FOR_PRESENTATION, STUDY)
+
+
+def seg_info(uid: str, refs: tuple[str, ...]) -> ObjectInfo:
+    return ObjectInfo(uid, SEGMENTATION, STUDY, refs)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> StateDB:
+    state = StateDB(tmp_path / "state.sqlite3")
+    yield state
+    state.close()
+
+
+def test_seg_references_read_from_series_and_per_frame_sources() -> None:
+    cc, mlo = make_mg(view="CC"), make_mg(view="MLO")
+    mask = disk_mask((256, 200), (100, 100), 20)
+    seg = roundtrip(make_seg([cc, mlo], [mask, mask]))
+    assert seg_referenced_uids(seg) == (cc.SOPInstanceUID, mlo.SOPInstanceUID)
+    # Per-frame source images alone are enough (some toolkits omit ReferencedSeriesSequence).
+    del seg.ReferencedSeriesSequence
+    assert set(seg_referenced_uids(seg)) == {cc.SOPInstanceUID, mlo.SOPInstanceUID}
+
+
+def test_read_object_info_names_the_object_and_reason(tmp_path: Path) -> None:
+    mg = make_mg()
+    del mg.StudyInstanceUID
+    path = tmp_path / "x.dcm"
+    mg.save_as(path, enforce_file_format=True)
+    with pytest.raises(InputError) as err:
+        read_object_info(path)
+    assert err.value.uid == mg.SOPInstanceUID and "Study Instance UID" in err.value.reason
+
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(InputError) as err:
+        read_object_info(tmp_path / "junk.dcm", fallback_uid="9.8.7")
+    assert err.value.uid == "9.8.7"
+
+
+def test_spool_syncs_file_before_rename_and_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(spool_module.os, "fsync", fsync)
+    monkeypatch.setattr(spool_module.os, "replace", replace)
+    spool = Spool(tmp_path / "spool")
+    mg = make_mg()
+    src = tmp_path / "mg.dcm"
+    mg.save_as(src, enforce_file_format=True)
+    tmp, info = spool.receive(src)
+    final = spool.commit(tmp, info)
+    assert events[0] == "fsync-file"
+    assert events.index("replace") > 0
+    assert "fsync-dir" in events[events.index("replace") :]
+    assert final == spool.studies_dir / mg.StudyInstanceUID / f"{mg.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(final) == mg
+    assert src.exists()  # copied, not moved, without move=True
+    assert list(spool.tmp_dir.iterdir()) == []
+
+
+def test_spool_rejects_path_like_uids(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        Spool(tmp_path).object_path("../../etc", "1.2.3")
+
+
+def test_unit_ready_in_the_transaction_of_its_last_object(db: StateDB, tmp_path: Path) -> None:
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=1.0) == []
+    assert db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=2.0) == []
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == WAITING and unit.missing_uids == ("1.2",)
+    assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=3.0) == ["9.9"]
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == READY and unit.missing_uids == ()
+    assert unit.image_paths == (tmp_path / "a.dcm", tmp_path / "b.dcm")
+    assert unit.last_received_at == 3.0
+
+
+def test_timeout_counts_from_last_received_object(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=0.0)
+    db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=50.0)
+    assert db.expire_waiting(60.0, now=100.0) == []  # 50 s since the last object
+    [expired] = db.expire_waiting(60.0, now=111.0)
+    assert expired.state == TIMED_OUT and expired.missing_uids == ("1.2",)
+    # A late image does not reopen it; a resent SEG does (a retry by the sender).
+    assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=200.0) == []
+    assert db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=201.0) == [
+        "9.9"
+    ]
+
+
+def test_state_survives_reopen_and_ready_is_enqueued_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = StateDB(path)
+    first.record_instance(mg_info("1.1"), tmp_path / "a.dcm")
+    first.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm")
+    first.close()  # "crash" after ready, before enqueue
+
+    second = StateDB(path)
+    got: list[Unit] = []
+    dispatcher = Dispatcher(second, got.append, study_timeout_s=600)
+    assert dispatcher.run_once() == ["9.9"]
+    assert dispatcher.run_once() == []
+    assert [u.unit_id for u in got] == ["9.9"]
+    assert second.get_unit("9.9").state == ENQUEUED
+    assert second.mark_enqueued("9.9") is False
+    assert second.set_state("9.9", DONE)
+    with pytest.raises(ValueError, match="unknown unit state"):
+        second.set_state("9.9", "bogus")
+    second.close()
+
+    [unit] = unit_status(tmp_path)
+    assert unit.state == DONE
+    table = format_units([unit])
+    assert "9.9" in table and "done" in table and "1/1" in table
+
+
+def test_failed_enqueue_keeps_unit_ready(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(mg_info("1.1"), tmp_path / "a.dcm")
+    db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm")
+
+    def broken(_unit: Unit) -> None:
+        raise ConnectionError("broker down")
+
+    assert Dispatcher(db, broken, study_timeout_s=600).run_once() == []
+    assert db.get_unit("9.9").state == READY
+
+
+def test_resent_seg_of_an_enqueued_unit_changes_nothing(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(mg_info("1.1"), tmp_path / "a.dcm")
+    db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm")
+    assert db.mark_enqueued("9.9")
+    assert db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm") == []
+    assert db.get_unit("9.9").state == ENQUEUED
+    assert db.count_instances() == 2
