@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import tomllib
-import types
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +20,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from model.roi import RoiCrop, RoiPrediction, SquareBox
 from model.tasks import TASKS
+from worker import tasks
+from worker.stages import PreparedUnit, header_only
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def _ensure_stages_importable() -> None:
-    """worker.stages imports model.preprocess; until that package exists, stub its names."""
-    try:
-        from model.preprocess import extract_rois, referenced_image_uids  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("model.preprocess")
-
-        def unavailable(*_args, **_kwargs):
-            raise RuntimeError("model.preprocess is not available (stub)")
-
-        stub.IS_TEST_STUB = True
-        stub.extract_rois = unavailable
-        stub.referenced_image_uids = unavailable
-        sys.modules["model.preprocess"] = stub
-
-
-_ensure_stages_importable()
-
-from worker import tasks  # noqa: E402
-from worker.stages import PreparedUnit, header_only  # noqa: E402
 
 
 def bundle_info():
@@ -168,31 +145,9 @@ def install(kinds) -> None:  # noqa: ANN001
 
 
 def load_test_config():  # noqa: ANN201
-    """$MOLSUB_CONFIG via molsub.config.load_config, or a minimal reader until it exists."""
-    from molsub import config as cfg
+    from molsub.config import load_config
 
-    path = Path(os.environ["MOLSUB_CONFIG"])
-    if hasattr(cfg, "load_config"):
-        return cfg.load_config(path)
-    doc = tomllib.loads(path.read_text())
-    node = doc.get("node", {})
-    return cfg.NodeConfig(
-        node=cfg.NodeSettings(
-            ae_title=node.get("ae_title", "MOLSUB"), spool_dir=Path(node["spool_dir"])
-        ),
-        model=cfg.ModelSettings(bundle=Path(doc["model"]["bundle"]) if doc.get("model") else None),
-        queue=cfg.QueueSettings(broker_url=doc.get("queue", {}).get("broker_url", "")),
-        destinations=tuple(
-            cfg.Destination(
-                name=d["name"],
-                ae_title=d.get("ae_title"),
-                host=d.get("host"),
-                port=d.get("port"),
-                folder=Path(d["folder"]) if d.get("folder") else None,
-            )
-            for d in doc.get("destinations", [])
-        ),
-    )
+    return load_config(Path(os.environ["MOLSUB_CONFIG"]))
 
 
 _app = None

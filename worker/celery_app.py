@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery, chain
 
-from molsub.config import NodeConfig
+from molsub.config import NodeConfig, load_config
 from worker import tasks
 from worker.delivery import result_root
 from worker.result_store import SENT, ResultStore
@@ -31,31 +31,12 @@ log = logging.getLogger(__name__)
 
 QUEUES = ("prepare", "infer", "deliver")
 PREPARE_TASK, INFER_TASK, DELIVER_TASK = "molsub.prepare", "molsub.infer", "molsub.deliver"
-DEFAULT_VISIBILITY_TIMEOUT_S = 2 * 3600
-DEFAULT_DELIVERY_MAX_RETRIES = 8
-DEFAULT_DELIVERY_RETRY_BASE_S = 10.0
-DEFAULT_DELIVERY_RETRY_MAX_S = 600.0
-
-
-def _setting(config: NodeConfig, name: str, default: float) -> float:
-    """A [queue] setting if molsub.config has it, else $MOLSUB_QUEUE_<NAME>, else the default."""
-    value = getattr(config.queue, name, None)
-    if value is None:
-        value = os.environ.get(f"MOLSUB_QUEUE_{name.upper()}")
-    return type(default)(value) if value not in (None, "") else default
-
-
-def visibility_timeout_s(config: NodeConfig) -> int:
-    return int(_setting(config, "visibility_timeout_s", DEFAULT_VISIBILITY_TIMEOUT_S))
 
 
 def retry_policy(config: NodeConfig) -> tuple[int, float, float]:
     """(max retries, first delay, longest delay) of the deliver task's exponential backoff."""
-    return (
-        int(_setting(config, "delivery_max_retries", DEFAULT_DELIVERY_MAX_RETRIES)),
-        _setting(config, "delivery_retry_base_s", DEFAULT_DELIVERY_RETRY_BASE_S),
-        _setting(config, "delivery_retry_max_s", DEFAULT_DELIVERY_RETRY_MAX_S),
-    )
+    q = config.queue
+    return q.delivery_max_retries, q.delivery_retry_base_s, q.delivery_retry_max_s
 
 
 def backoff_s(retries_done: int, base_s: float, max_s: float) -> float:
@@ -64,7 +45,7 @@ def backoff_s(retries_done: int, base_s: float, max_s: float) -> float:
 
 def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
     """(broker URL, transport options); the filesystem transport when no URL is configured."""
-    options: dict[str, Any] = {"visibility_timeout": visibility_timeout_s(config)}
+    options: dict[str, Any] = {"visibility_timeout": config.queue.visibility_timeout_s}
     url = config.queue.broker_url.strip()
     if url:
         return url, options
@@ -204,15 +185,8 @@ def run_worker(
 
 def load_node_config() -> NodeConfig:
     """The config for ``-A worker.celery_app:app``: $MOLSUB_CONFIG (a node.toml) or defaults."""
-    from molsub import config as config_module
-
-    loader = getattr(config_module, "load_config", None)
     path = os.environ.get("MOLSUB_CONFIG") or None
-    if loader is None:
-        if path:
-            raise RuntimeError("molsub.config.load_config is not available to read " + path)
-        return NodeConfig()
-    return loader(Path(path) if path else None)
+    return load_config(Path(path) if path else None)
 
 
 _default_app: Celery | None = None
