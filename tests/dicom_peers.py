@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.redis_server import free_port
+
+__all__ = ["SCU_AET", "echoscu", "free_port", "storescu"]
+
 SCU_AET = "TESTSCU"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def storescu(

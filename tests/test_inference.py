@@ -8,14 +8,19 @@ expensive predictions are shared through module fixtures.
 from __future__ import annotations
 
 import copy
+import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
-from model.bundle import init_untrained, load_bundle
+from model.bundle import LoadedBundle
+from model.errors import InputError
 from model.inference import MAX_CAM_SIDE, Predictor
 from model.network import DEFAULT_GRADCAM_LAYER, build_densenet121_cbam
 from model.roi import RoiCrop, RoiPrediction, SquareBox
@@ -203,12 +208,58 @@ def test_different_inputs_give_different_cams_and_same_input_the_same(
     inputs = [same_size.network_input, crops[1].network_input, same_size.network_input]
     batch = torch.from_numpy(np.stack(inputs))[:, None]
     predicted = predictions[3].predicted_index("subtype5")
-    cams = predictor.gradcam(batch, [predicted] * 3)
+    with torch.no_grad():  # a caller's no_grad must not break Grad-CAM
+        cams = predictor.gradcam(batch, [predicted] * 3)
+    network = predictor.networks["subtype5"]
+    assert all(p.requires_grad for p in network.parameters()), "weights left frozen"
+    assert all(p.grad is None for p in network.parameters()), "weight gradients computed"
     assert cams.shape == (3, INPUT_SIDE, INPUT_SIDE)
     assert float(cams[0].max() - cams[0].min()) > 0.2
     np.testing.assert_allclose(cams[0], cams[2], atol=1e-5)
     np.testing.assert_allclose(cams[0], predictions[3].cam, atol=1e-4)
     assert float(np.abs(cams[0] - cams[1]).mean()) > 0.05
+
+
+def stock_gradcam(network: nn.Module, inputs: np.ndarray, targets: list[int]) -> np.ndarray:
+    """pytorch-grad-cam used as documented: full graph, weight gradients and all."""
+    with GradCAM(model=network, target_layers=[network.features.denseblock4]) as cam:
+        maps = cam(
+            input_tensor=torch.from_numpy(inputs)[:, None],
+            targets=[ClassifierOutputTarget(i) for i in targets],
+        )
+    network.zero_grad(set_to_none=True)
+    return maps
+
+
+def test_gradcam_equals_stock_gradcam(
+    predictor: Predictor,
+    reference_networks: dict[str, nn.Module],
+    crops: list[RoiCrop],
+    predictions: list[RoiPrediction],
+) -> None:
+    """The Predictor freezes the weights and cuts the graph at the target layer: on a network
+    of the same memory layout the maps equal stock Grad-CAM's. Against the contiguous network
+    they agree to display precision only: the layout changes the summation order and a CAM
+    (a ReLU of a 1024-channel weighted sum, rescaled to its maximum) amplifies the rounding."""
+    inputs = np.stack([c.network_input for c in crops[:2]])
+    targets = [p.predicted_index("subtype5") for p in predictions[:2]]
+    actual = predictor.gradcam(torch.from_numpy(inputs)[:, None], targets)
+    contiguous = reference_networks["subtype5"]
+    same_layout = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
+    np.testing.assert_allclose(actual, stock_gradcam(same_layout, inputs, targets), atol=1e-5)
+    np.testing.assert_allclose(actual, stock_gradcam(contiguous, inputs, targets), atol=2e-3)
+
+
+def test_gradcam_leaves_no_weight_gradients_and_works_under_inference_mode(
+    predictor: Predictor, crops: list[RoiCrop]
+) -> None:
+    network = predictor.networks["subtype5"]
+    with torch.inference_mode():
+        batch = torch.from_numpy(crops[0].network_input.copy())[None, None]
+        cams = predictor.gradcam(batch, [1])
+    assert cams.shape == (1, INPUT_SIDE, INPUT_SIDE)
+    assert all(p.requires_grad for p in network.parameters())
+    assert all(p.grad is None for p in network.parameters())
 
 
 def test_another_configured_layer_works(
@@ -235,6 +286,18 @@ def test_unknown_layer_or_task_is_a_value_error_naming_it(
         Predictor(networks, gradcam_layer="features.denseblock9")
     with pytest.raises(ValueError, match="'five'"):
         Predictor(networks, gradcam_task="five")
+    with pytest.raises(ValueError, match="batch_size"):
+        Predictor(networks, batch_size=0)
+
+
+def test_gradcam_needs_one_class_per_input(predictor: Predictor) -> None:
+    with pytest.raises(ValueError, match="2 class indices for a batch of 1"):
+        predictor.gradcam(torch.zeros(1, 1, INPUT_SIDE, INPUT_SIDE), [0, 1])
+
+
+def test_amp_is_off_on_cpu(networks: dict[str, nn.Module]) -> None:
+    """bf16 autocast is for CUDA only; on CPU the fp32 results must stay exact."""
+    assert Predictor(subtype5_only(networks), amp=True).amp is False
 
 
 def test_no_crops_give_no_predictions(predictor: Predictor) -> None:
@@ -249,15 +312,35 @@ def test_huge_box_gets_a_cam_at_the_display_size(networks: dict[str, nn.Module])
     assert prediction.cam.shape == (1024, 1024)
 
 
-def test_from_bundle_with_an_untrained_bundle(tmp_path, crops: list[RoiCrop]) -> None:
-    init_untrained(tmp_path / "bundle", seed=3)
-    bundle = load_bundle(tmp_path / "bundle")
+def test_from_bundle_takes_any_object_with_networks(
+    networks: dict[str, nn.Module], crops: list[RoiCrop], predictions: list[RoiPrediction]
+) -> None:
+    # Duck-typed on LoadedBundle.networks; a real bundle's load is tested in test_bundle.py.
+    assert "networks" in {f.name for f in dataclasses.fields(LoadedBundle)}
+    bundle = SimpleNamespace(networks=subtype5_only(networks))
     predictor = Predictor.from_bundle(bundle, batch_size=2, gradcam_layer="features.denseblock3")
     assert predictor.batch_size == 2
     assert predictor.gradcam_layer == "features.denseblock3"
     (prediction,) = predictor.predict(crops[:1])
-    assert tuple(prediction.probabilities) == tuple(bundle.info.tasks) == TASK_NAMES
-    for task, probs in prediction.probabilities.items():
-        assert probs.shape == (TASKS[task].num_classes,)
-        assert abs(float(probs.sum()) - 1.0) < ATOL
+    np.testing.assert_allclose(
+        prediction.probabilities["subtype5"], predictions[0].probabilities["subtype5"], atol=ATOL
+    )
     assert prediction.cam.shape == (crops[0].box.size,) * 2
+    with pytest.raises(TypeError, match="networks"):
+        Predictor.from_bundle(SimpleNamespace(path="bundle"))
+
+
+def test_unusable_network_input_is_an_input_error_naming_the_image(
+    predictor: Predictor, crops: list[RoiCrop]
+) -> None:
+    bad_inputs = {
+        "2-D": np.zeros((1, INPUT_SIDE, INPUT_SIDE), np.float32),
+        "differs": np.zeros((INPUT_SIDE, INPUT_SIDE + 1), np.float32),
+        "NaN": np.full((INPUT_SIDE, INPUT_SIDE), np.nan, np.float32),
+    }
+    for reason, network_input in bad_inputs.items():
+        bad = dataclasses.replace(crops[2], network_input=network_input)
+        with pytest.raises(InputError, match=reason) as raised:
+            predictor.predict([crops[0], bad])
+        assert raised.value.uid == crops[2].source_sop_instance_uid
+        assert "segment 3" in raised.value.reason

@@ -1,0 +1,1 @@
+"""Benchmarks, run as scripts (``python bench/inference.py``); not part of the installed node."""
