@@ -147,7 +147,16 @@ def run_mode(mode: str, studies: list, bundle: Path, tmp: Path) -> list[float]: 
         latencies = []
         for images, seg, study_uid in studies:
             subprocess.run(
-                ["storescu", "-aec", "MOLSUB", "127.0.0.1", str(port), *map(str, images), str(seg)],
+                [
+                    "storescu",
+                    "-R",
+                    "-aec",
+                    "MOLSUB",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, images),
+                    str(seg),
+                ],
                 check=True,
                 capture_output=True,
             )
