@@ -20,8 +20,9 @@ Each repeat runs every target once, in that order, each on a fresh output folder
 started receiver (start-up is not timed); the time is storescu's wall time for the whole
 association. MB/s uses MB = 10**6 bytes of the files sent; the median over repeats is reported.
 After each run the received files are checked (N files, same SOP Instance UIDs, identical pixel
-data). Finally one untimed node run under ``strace -e trace=fsync`` counts the fsyncs of spooled
-objects, to show that every object was synced (skipped when strace is missing).
+data). Finally one untimed node run with ``strace -e trace=fsync,fdatasync`` attached counts the
+syncs of spooled objects, spool folders and the state database, to show that every object was
+synced (skipped when strace is missing).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pydicom
@@ -131,13 +133,14 @@ def wait_for_port(proc: subprocess.Popen[str], port: int, timeout_s: float) -> N
     raise RuntimeError(f"nothing listening on port {port} after {timeout_s:g} s")
 
 
-def wait_for_listening_line(proc: subprocess.Popen[str], timeout_s: float) -> int:
-    """The port from the node's "listening HOST:PORT ..." line, read with a deadline."""
+def wait_for_line(
+    proc: subprocess.Popen[str], stream: IO[str], needle: str, timeout_s: float
+) -> str:
+    """The first line of ``stream`` containing ``needle``, read with a deadline."""
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+        for line in stream:
             lines.put(line)
         lines.put(None)
 
@@ -146,15 +149,15 @@ def wait_for_listening_line(proc: subprocess.Popen[str], timeout_s: float) -> in
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RuntimeError(f"the node did not print 'listening' within {timeout_s:g} s")
+            raise RuntimeError(f"no line with {needle!r} within {timeout_s:g} s")
         try:
             line = lines.get(timeout=remaining)
         except queue.Empty:
             continue
         if line is None:
-            raise RuntimeError(f"the node exited ({proc.wait(timeout=10)}) before listening")
-        if line.startswith("listening "):
-            return int(line.split()[1].rsplit(":", 1)[1])
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.wait(timeout=10)}) before {needle!r}")
+        if needle in line:
+            return line
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -244,8 +247,8 @@ def start_storescp(out_dir: Path, log_path: Path, *, synced: bool) -> Receiver:
 def write_node_config(folder: Path, spool: Path) -> Path:
     config = folder / "node.toml"
     config.write_text(
-        "# bench/ingest.py: SCP only, embedded broker, no destinations\n"
-        f'[node]\nae_title = "{NODE_AET}"\nhost = "127.0.0.1"\nport = 0\n'
+        "# bench/ingest.py: SCP only, embedded broker, no destinations; --port 0 picks the port\n"
+        f'[node]\nae_title = "{NODE_AET}"\nhost = "127.0.0.1"\nport = 11112\n'
         f'spool_dir = "{spool}"\n[queue]\nbroker_url = ""\n'
     )
     return config
@@ -255,21 +258,22 @@ def node_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "molsub.cli", "serve", "--config", str(config)]
 
 
-def start_node(
-    out_dir: Path, log_path: Path, *, wrapper: Sequence[str] = (), fsync_log: Path | None = None
-) -> Receiver:
-    """`molsub serve --no-workers` on a fresh spool in ``out_dir``; optionally under strace."""
+def start_node(out_dir: Path, log_path: Path) -> Receiver:
+    """`molsub serve --no-workers` on a fresh spool in ``out_dir``."""
     spool = out_dir / "spool"
     tmpdir = out_dir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     config = write_node_config(out_dir, spool)
-    cmd = [*wrapper, *node_command(config), "--no-workers", "--port", "0"]
+    cmd = [*node_command(config), "--no-workers", "--port", "0"]
     with log_path.open("a") as log:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(tmpdir)
         )
     try:
-        port = wait_for_listening_line(proc, START_TIMEOUT_S)
+        assert proc.stdout is not None
+        # "listening HOST:PORT as AE": the real port, as --port 0 asked for any free one.
+        line = wait_for_line(proc, proc.stdout, "listening ", START_TIMEOUT_S)
+        port = int(line.split()[1].rsplit(":", 1)[1])
     except BaseException:
         stop(proc)
         raise
@@ -331,27 +335,43 @@ def run_once(
 
 def count_node_fsyncs(
     sources: Sequence[SourceFile], run_dir: Path, timeout_s: float
-) -> tuple[int, int] | None:
-    """Untimed node run under strace: (spooled objects fsynced, folder fsyncs); None: no strace."""
+) -> tuple[int, int, int] | None:
+    """Untimed node run with strace attached: fsyncs of (objects, spool folders, state DB).
+
+    strace attaches to the running node (-p, all threads) rather than starting it, so that the
+    node is still the process this script stops. None when strace is missing.
+    """
     strace = shutil.which("strace")
     if strace is None:
         return None
     run_dir.mkdir(parents=True)
     trace = run_dir.parent / "node-strace.txt"
-    wrapper = [strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
-    receiver = start_node(run_dir, run_dir.parent / "node-strace.log", wrapper=wrapper)
+    receiver = start_node(run_dir, run_dir.parent / "node-strace.log")
+    tracer: subprocess.Popen[str] | None = None
     try:
+        tracer = subprocess.Popen(
+            [strace, "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
+            + ["-p", str(receiver.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tracer.stderr is not None
+        wait_for_line(tracer, tracer.stderr, "attached", START_TIMEOUT_S)
         send(receiver, [s.path for s in sources], timeout_s)
     finally:
         stop(receiver.proc)
+        if tracer is not None:
+            stop(tracer)  # it ends with the node; SIGTERM only if it has not
     verify(receiver.received(), sources, "node under strace")
     text = trace.read_text()
-    spool_tmp = re.escape(str((run_dir / "spool" / "tmp").resolve()))
-    objects = set(re.findall(rf"fsync\(\d+<({spool_tmp}/[^>]+\.part)>\)\s+=\s+0", text))
-    studies = re.escape(str((run_dir / "spool" / "studies").resolve()))
-    folders = len(re.findall(rf"fsync\(\d+<{studies}(?:/[^>/]+)?>\)\s+=\s+0", text))
+    spool = re.escape(str((run_dir / "spool").resolve()))
+    ok = r">\)\s+=\s+0"
+    objects = set(re.findall(rf"fsync\(\d+<({spool}/tmp/[^>]+\.part){ok}", text))
+    folders = len(re.findall(rf"fsync\(\d+<{spool}/(?:tmp|studies(?:/[^>/]+)?){ok}", text))
+    database = len(re.findall(rf"(?:fsync|fdatasync)\(\d+<{spool}/state\.sqlite3[^>]*{ok}", text))
     shutil.rmtree(run_dir)
-    return len(objects), folders
+    return len(objects), folders, database
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,9 +458,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         medians[target.name] = statistics.median(rates)
         runs = " ".join(f"{r:.1f}" for r in rates)
         print(f"{target.name:15s} {target.durable:22s} {medians[target.name]:8.1f}   {runs}")
-    print(f"ratio node/storescp: {medians['node'] / medians['storescp']:.2f}")
-    if "storescp+sync" in medians:
-        print(f"ratio node/storescp+sync: {medians['node'] / medians['storescp+sync']:.2f}")
+    by_name = {t.name: t for t in targets}
+    for ref in ("storescp", "storescp+sync"):
+        if ref in by_name:
+            # Per-repeat ratios too: neighbouring runs share the host's load at the time.
+            node_s, ref_s = by_name["node"].seconds, by_name[ref].seconds
+            paired = [r / n for r, n in zip(ref_s, node_s, strict=True)]
+            print(
+                f"ratio node/{ref}: {medians['node'] / medians[ref]:.2f} "
+                f"(median of per-repeat ratios {statistics.median(paired):.2f})"
+            )
     print(
         "storescp: no fsync (dcmtk's storescp has no fsync option; success goes back once the "
         "file is written to the page cache)"
@@ -460,11 +487,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         if counted is None:
             print("node fsync count: skipped (strace not found)")
         else:
-            objects, folders = counted
+            objects, folders, database = counted
             verdict = "every object fsynced" if objects == args.n else "NOT every object fsynced"
             print(
                 f"node fsync count (untimed run under strace): {objects}/{args.n} spooled objects "
-                f"fsynced, {folders} folder fsyncs: {verdict}"
+                f"fsynced, {folders} spool folder fsyncs, {database} state database syncs: "
+                f"{verdict}"
             )
             if objects != args.n:
                 return 1
