@@ -1,13 +1,23 @@
 """End-to-end latency of the node: last C-STORE of a study -> SR and SCs at the destination.
 
-Each SYNTHETIC study has four MG images (both breasts, CC and MLO; 1280x1024 to keep a 2-core
-run short) and one SEG over the lesion in one breast (2 ROIs). storescu sends the images, then
-the SEG, in one association; t0 is when storescu returns (last C-STORE acknowledged), t1 when
-dcmtk's storescp (the PACS) has written the SR and both SCs. Modes: embedded (`molsub serve`
-with local workers, filesystem broker) and Redis (`molsub serve --no-workers` + separate
-`molsub worker` processes). Reference, in the same run: the same stages called in-process with
-the model loaded (read files -> prepare -> infer -> build objects), i.e. the pure compute; the
-ratio says what the node's queues, processes and DIMSE add.
+Each SYNTHETIC study has four MG images (both breasts, CC and MLO; 1280 rows x 1024 columns)
+and one SEG with a lesion on the left breast's two views (2 ROIs). storescu sends the images,
+then the SEG, in one association; t0 is when storescu returns (last C-STORE acknowledged,
+association released). t1 is when the last of the study's SR and SCs is fully written by
+dcmtk's storescp (the PACS): storescp runs ``--exec-on-reception`` only after a file is closed,
+which appends its name to a log, and t1 is the newest modification time among those files.
+
+Paths, measured in one run, study by study in rotating order so that all three see the same
+load on a shared host (both nodes run all the time; the idle one only polls its broker):
+
+- embedded: `molsub serve --port 0` (local workers, kombu filesystem broker in the spool);
+- redis: a private redis-server, `molsub serve --no-workers`, `molsub worker --queues
+  prepare,deliver` and `molsub worker --queues infer`;
+- in-process (reference): the same stages without the node, model already loaded: read the
+  files -> worker.stages.prepare -> infer -> worker.results.build_results. Pure compute; the
+  ratio node p50 / in-process p50 is the node's overhead factor (queues, processes, DIMSE).
+
+Study 0 warms every path up (model load, first imports) and is not counted.
 
     python bench/e2e.py [--studies 10] [--modes embedded,redis]
 """
@@ -15,12 +25,17 @@ ratio says what the node's queues, processes and DIMSE add.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import selectors
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,195 +46,300 @@ sys.path.insert(0, str(REPO))
 
 from model.bundle import init_untrained, load_bundle  # noqa: E402
 from model.inference import Predictor  # noqa: E402
-from molsub.synth import build_lesion_seg, build_mg, render_views, synthetic_uid  # noqa: E402
-from tests.redis_server import free_port, redis_server  # noqa: E402
+from molsub.synth import (  # noqa: E402
+    SYNTHETIC_COMMENT,
+    build_lesion_seg,
+    build_mg,
+    render_views,
+    synthetic_uid,
+)
+from tests.redis_server import free_port, redis_server, stop_process, wait_for  # noqa: E402
 from worker.results import build_results  # noqa: E402
 from worker.stages import infer, prepare  # noqa: E402
 
-SR, SC = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 ROWS, COLS = 1280, 1024
+SEED = 1000
+START_TIMEOUT_S = 120.0
+WARMUP_TIMEOUT_S = 600.0  # the first study also waits for the workers to start
+STUDY_TIMEOUT_S = 300.0
+STORESCU_TIMEOUT_S = 120.0
 
 
-def make_study(folder: Path, index: int) -> tuple[list[Path], Path, str]:
-    """Four MG images and one SEG (lesion in the left breast): (images, seg, study UID)."""
-    rng = np.random.default_rng(index)
-    study = synthetic_uid(1000, index, "study")
-    series = synthetic_uid(1000, index, "series")
-    images, datasets, masks = [], [], []
-    for lat in ("L", "R"):
+@dataclass(frozen=True)
+class Study:
+    """One SYNTHETIC study on disk: four MG files, the SEG (sent last), its Study UID."""
+
+    images: list[Path]
+    seg: Path
+    study_uid: str
+
+
+def make_study(folder: Path, index: int) -> Study:
+    """Both breasts CC + MLO, SEG over the left breast's two views (2 ROIs); SYNTHETIC."""
+    rng = np.random.default_rng([SEED, index])
+    uid = lambda role: synthetic_uid(SEED, index, role)  # noqa: E731
+    study_uid, series_uid = uid("study"), uid("series")
+    images, seg_sources, masks = [], [], []
+    for number, lat in enumerate(("L", "R")):
         views = render_views(index % 5, rng, laterality=lat, rows=ROWS, cols=COLS)
-        for view in ("CC", "MLO"):
+        for offset, view in enumerate(("CC", "MLO"), start=1):
             ds = build_mg(
                 views.images[view],
                 laterality=lat,
                 view=view,
-                study_uid=study,
-                series_uid=series,
-                sop_instance_uid=synthetic_uid(1000, index, lat + view),
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_instance_uid=uid(lat + view),
                 patient_id=f"SYNTH-E2E-{index:03d}",
             )
-            path = folder / f"{index:03d}_{lat}_{view}.dcm"
+            ds.InstanceNumber = 2 * number + offset
+            ds.ImageComments = SYNTHETIC_COMMENT
+            ds.SeriesDescription = "SYNTHETIC MG bench/e2e.py"
+            path = folder / f"{index:03d}_MG_{lat}_{view}.dcm"
             ds.save_as(path, enforce_file_format=True)
             images.append(path)
             if lat == "L":
-                datasets.append(ds)
+                seg_sources.append(ds)
                 masks.append(views.masks[view])
-    seg = build_lesion_seg(datasets, masks, seg_uid=synthetic_uid(1000, index, "seg"))
+    seg = build_lesion_seg(
+        seg_sources,
+        masks,
+        seg_uid=uid("seg"),
+        series_uid=uid("seg-series"),
+        tracking_uids=[uid("lesion-1")],
+        series_description="SYNTHETIC lesion segmentation",
+    )
+    seg.ContentDescription = "SYNTHETIC lesion mask, not patient data"
     seg_path = folder / f"{index:03d}_SEG.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
-    return images, seg_path, study
+    return Study(images, seg_path, study_uid)
 
 
-def config_text(tmp: Path, bundle: Path, dest_port: int, broker_url: str) -> str:
+# --------------------------------------------------------------------------------------------
+# The destination: storescp, with a log line per fully written file
+
+
+class Pacs:
+    """dcmtk storescp on a free port; ``arrival`` answers when a study's SR + SCs are in."""
+
+    def __init__(self, folder: Path, log: Path) -> None:
+        self.folder, self.received = folder, folder / "received.log"
+        folder.mkdir(parents=True)
+        self.port = free_port()
+        with log.open("ab") as out:
+            # sh -c runs the command after storescp has closed the file: no partial reads.
+            self.proc = subprocess.Popen(
+                ["storescp", "-aet", "PACS", "-od", str(folder), "-uf", str(self.port)]
+                + ["-xcr", f"echo '#f' >> '{self.received}'"],
+                stdout=out,
+                stderr=out,
+            )
+        self._seen: dict[str, tuple[str, str, float]] = {}  # file -> (study, class, mtime)
+        try:
+            wait_for(self._echo, START_TIMEOUT_S, f"storescp on port {self.port}")
+        except BaseException:
+            stop_process(self.proc)
+            raise
+
+    def _echo(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"storescp exited with {self.proc.returncode}")
+        cmd = ["echoscu", "-aec", "PACS", "-to", "5", "127.0.0.1", str(self.port)]
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+    def arrival(self, study_uid: str) -> float | None:
+        """Wall time the study's SR and all its SCs were complete, None while some are missing."""
+        if self.received.exists():
+            for name in self.received.read_text().split():
+                if name not in self._seen:
+                    path = self.folder / name
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+                    self._seen[name] = (
+                        str(ds.StudyInstanceUID),
+                        str(ds.SOPClassUID),
+                        path.stat().st_mtime,
+                    )
+        mine = [(cls, t, name) for name, (s, cls, t) in self._seen.items() if s == study_uid]
+        srs = [name for cls, _, name in mine if cls == SR_CLASS]
+        scs = [t for cls, t, _ in mine if cls == SC_CLASS]
+        if not srs or len(scs) < roi_count(pydicom.dcmread(self.folder / srs[0])):
+            return None
+        return max(t for cls, t, _ in mine if cls in (SR_CLASS, SC_CLASS))
+
+
+def roi_count(sr: pydicom.Dataset) -> int:
+    """Measurement groups (TID 1411, concept 125007) in an SR: one SC is sent per group."""
+
+    def walk(item: pydicom.Dataset) -> int:
+        n = 0
+        for child in item.get("ContentSequence", []):
+            code = child.get("ConceptNameCodeSequence")
+            n += bool(code and code[0].CodeValue == "125007") + walk(child)
+        return n
+
+    return walk(sr)
+
+
+# --------------------------------------------------------------------------------------------
+# The node, in either mode
+
+
+def config_text(workdir: Path, bundle: Path, dest_port: int, broker_url: str) -> str:
     return (
-        f'[node]\nae_title = "MOLSUB"\nspool_dir = "{tmp / "spool"}"\n'
+        f'[node]\nae_title = "MOLSUB"\nspool_dir = "{workdir / "spool"}"\n'
         f'[model]\nbundle = "{bundle}"\ndevice = "cpu"\n[queue]\nbroker_url = "{broker_url}"\n'
         f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
         f"port = {dest_port}\n"
     )
 
 
-def arrived(folder: Path, study_uid: str) -> bool:
-    kinds: dict[str, int] = {}
-    for path in folder.glob("*"):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - storescp may still be writing it
-            continue
-        if ds.StudyInstanceUID == study_uid:
-            kinds[str(ds.SOPClassUID)] = kinds.get(str(ds.SOPClassUID), 0) + 1
-    return kinds.get(SR, 0) >= 1 and kinds.get(SC, 0) >= 2
-
-
-def run_mode(mode: str, studies: list, bundle: Path, tmp: Path) -> list[float]:  # noqa: ANN001
-    """Latencies (s) of studies[1:] (studies[0] warms up: model load, first import)."""
-    dest_port, pacs = free_port(), tmp / f"pacs-{mode}"
-    pacs.mkdir()
-    procs: list[subprocess.Popen] = []
-    log = (tmp / f"{mode}.log").open("ab")
-    try:
-        procs.append(
-            subprocess.Popen(
-                ["storescp", "-aet", "PACS", "-od", str(pacs), "-uf", str(dest_port)],
-                stderr=log,
-                stdout=log,
-            )
-        )
-        broker = ""
-        if mode == "redis":
-            redis_ctx = redis_server(tmp / "redis")
-            broker = redis_ctx.__enter__()
-        config = tmp / f"{mode}.toml"
-        (tmp / "spool").mkdir(exist_ok=True)
-        config.write_text(config_text(tmp / mode, bundle, dest_port, broker))
-        serve = [
-            sys.executable,
-            "-m",
-            "molsub.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            "0",
-        ]
+def start_node(
+    stack: contextlib.ExitStack, mode: str, bundle: Path, tmp: Path
+) -> Callable[[Study], float]:
+    """Start storescp and the node for ``mode``; returns send(study) -> latency in seconds."""
+    workdir = tmp / mode
+    workdir.mkdir()
+    log_path = workdir / "node.log"
+    pacs = Pacs(workdir / "pacs", log_path)
+    stack.callback(stop_process, pacs.proc)
+    broker = stack.enter_context(redis_server(workdir / "redis")) if mode == "redis" else ""
+    config = workdir / "node.toml"
+    config.write_text(config_text(workdir, bundle, pacs.port, broker))
+    molsub = [sys.executable, "-m", "molsub.cli"]
+    serve = [*molsub, "serve", "--config", str(config), "--port", "0"]
+    with log_path.open("ab") as log:
         if mode == "redis":
             serve.append("--no-workers")
             for queues in ("prepare,deliver", "infer"):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "molsub.cli",
-                            "worker",
-                            "--config",
-                            str(config),
-                            "--queues",
-                            queues,
-                        ],
-                        stdout=log,
-                        stderr=log,
-                    )
-                )
+                cmd = [*molsub, "worker", "--config", str(config), "--queues", queues]
+                worker = subprocess.Popen(cmd, stdout=log, stderr=log)
+                stack.callback(stop_process, worker, 90)
         node = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=log, text=True)
-        procs.append(node)
-        port = int(node.stdout.readline().split()[1].rsplit(":", 1)[1])
-        latencies = []
-        for images, seg, study_uid in studies:
-            subprocess.run(
-                [
-                    "storescu",
-                    "-R",
-                    "-aec",
-                    "MOLSUB",
-                    "127.0.0.1",
-                    str(port),
-                    *map(str, images),
-                    str(seg),
-                ],
-                check=True,
-                capture_output=True,
-            )
-            t0 = time.perf_counter()
-            while not arrived(pacs, study_uid):
-                if time.perf_counter() - t0 > 600:
-                    raise TimeoutError(f"{mode}: no results for {study_uid}")
-                time.sleep(0.05)
-            latencies.append(time.perf_counter() - t0)
-        return latencies[1:]
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(timeout=120)
-        if mode == "redis":
-            redis_ctx.__exit__(None, None, None)
-        log.close()
+    stack.callback(stop_process, node, 120)  # warm shutdown: its local workers stop first
+    port = listening_port(node, START_TIMEOUT_S)
+    first = [True]
+
+    def send(study: Study) -> float:
+        cmd = ["storescu", "-R", "-aec", "MOLSUB", "127.0.0.1", str(port)]
+        cmd += [*map(str, study.images), str(study.seg)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=STORESCU_TIMEOUT_S)
+        t0 = time.time()
+        timeout = WARMUP_TIMEOUT_S if first[0] else STUDY_TIMEOUT_S
+        first[0] = False
+        t1 = wait_for(
+            lambda: pacs.arrival(study.study_uid), timeout, f"{mode}: SR+SCs", every_s=0.05
+        )
+        return t1 - t0
+
+    return send
 
 
-def in_process(studies: list, bundle: Path) -> list[float]:  # noqa: ANN001
-    loaded = load_bundle(bundle)
-    predictor = Predictor.from_bundle(loaded)
+def listening_port(node: subprocess.Popen[str], timeout_s: float) -> int:
+    """The port from the node's "listening HOST:PORT ..." line; stdout is drained afterwards."""
+    assert node.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(node.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(deadline - time.monotonic(), 0)):
+                continue
+            line = node.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the node exited ({node.wait(timeout=10)}) before listening")
+            if line.startswith("listening "):
+                threading.Thread(target=node.stdout.read, daemon=True).start()
+                return int(line.split()[1].rsplit(":", 1)[1])
+    raise TimeoutError(f"the node did not listen within {timeout_s:.0f} s")
+
+
+# --------------------------------------------------------------------------------------------
+# The reference: the same stages in this process
+
+
+def in_process_runner(bundle: Path) -> Callable[[Study], float]:
+    """Load the model once; returns run(study) -> seconds for read + prepare + infer + build."""
+    loaded = load_bundle(bundle, device="cpu")
+    predictor = Predictor.from_bundle(loaded, device="cpu")
     info = loaded.info
-    times = []
-    for images, seg_path, _ in studies:
+
+    def run(study: Study) -> float:
         t0 = time.perf_counter()
-        seg = pydicom.dcmread(seg_path)
-        mgs = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, images)}
+        seg = pydicom.dcmread(study.seg)
+        mgs = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, study.images)}
         unit = prepare(
             seg, mgs, profile=info.profile, bound_size=info.bound_size, input_size=info.input_size
         )
-        build_results(unit.seg, unit.sources, unit.rois, infer(unit, predictor), info)
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        results = build_results(unit.seg, unit.sources, unit.rois, infer(unit, predictor), info)
+        elapsed = time.perf_counter() - t0
+        if len(results.secondary_captures) != 2:
+            raise RuntimeError(f"expected 2 ROIs, got {len(results.secondary_captures)}")
+        return elapsed
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def p95(values: list[float]) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
     return float(np.percentile(values, 95))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=10, help="measured studies (plus 1 warm-up)")
-    parser.add_argument("--modes", default="embedded,redis")
+    parser.add_argument("--studies", type=int, default=10, help="measured studies (+1 warm-up)")
+    parser.add_argument("--modes", default="embedded,redis", help="node modes, comma-separated")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as name:
+    if args.studies < 1:
+        parser.error("--studies must be at least 1")
+    modes = [m for m in args.modes.split(",") if m]
+    if not set(modes) <= {"embedded", "redis"}:
+        parser.error(f"unknown mode in {args.modes!r}: embedded, redis")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="molsub-e2e-") as name, contextlib.ExitStack() as stack:
         tmp = Path(name)
         bundle = tmp / "bundle"
         init_untrained(bundle)
         (tmp / "studies").mkdir()
         studies = [make_study(tmp / "studies", i) for i in range(args.studies + 1)]
         print(
-            f"{args.studies} SYNTHETIC studies (+1 warm-up): 4 MG {COLS}x{ROWS} + SEG "
-            f"(2 ROIs); UNTRAINED bundle; load average {os.getloadavg()[0]:.2f}"
+            f"{args.studies} SYNTHETIC studies (+1 warm-up): 4 MG {ROWS}x{COLS} (rows x cols) "
+            f"+ SEG over the left CC+MLO (2 ROIs); UNTRAINED bundle; CPU; "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+            flush=True,
         )
-        rows = {"in-process stages (reference)": in_process(studies, bundle)}
-        for mode in args.modes.split(","):
-            rows[f"node, {mode} broker"] = run_mode(mode, studies, bundle, tmp)
-    reference = statistics.median(rows["in-process stages (reference)"])
-    print(f"{'path':32s} {'n':>3s} {'p50 s':>7s} {'p95 s':>7s} {'p50 / reference':>16s}")
-    for label, values in rows.items():
+        paths: dict[str, Callable[[Study], float]] = {"in-process": in_process_runner(bundle)}
+        for mode in modes:
+            paths[mode] = start_node(stack, mode, bundle, tmp)
+        times: dict[str, list[float]] = {label: [] for label in paths}
+        labels = list(paths)
+        for i, study in enumerate(studies):
+            order = labels[i % len(labels) :] + labels[: i % len(labels)]
+            measured = {label: paths[label](study) for label in order}
+            print(
+                f"study {i:2d}{' (warm-up)' if i == 0 else '          '} "
+                + "  ".join(f"{label} {s:6.2f} s" for label, s in measured.items())
+                + f"  (load average {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+            if i > 0:
+                for label, seconds in measured.items():
+                    times[label].append(seconds)
+    reference = statistics.median(times["in-process"])
+    print(f"\nload average {os.getloadavg()[0]:.2f}; total {time.monotonic() - started:.0f} s")
+    # min: the least disturbed run, telling on a shared host where load swamps the medians.
+    print(
+        f"{'mode':12s} {'studies':>7s} {'p50 s':>7s} {'p95 s':>7s} {'min s':>7s} "
+        f"{'ratio vs in-process':>20s}"
+    )
+    for label, values in times.items():
         p50 = statistics.median(values)
-        print(f"{label:32s} {len(values):3d} {p50:7.2f} {p95(values):7.2f} {p50 / reference:16.2f}")
+        print(
+            f"{label:12s} {len(values):7d} {p50:7.2f} {p95(values):7.2f} {min(values):7.2f} "
+            f"{p50 / reference:20.2f}"
+        )
     return 0
 
 

@@ -61,6 +61,9 @@ def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
             "data_folder_out": str(messages_dir),
             "processed_folder": str(processed_dir),
             "store_processed": False,
+            # An idle filesystem queue is re-checked this often (kombu's default is 1 s, which
+            # adds up over the three stage hops of every unit).
+            "polling_interval": 0.1,
             # kombu's default is "control" in the working directory (broadcast/pidbox state).
             "control_folder": str(control_dir),
         }
