@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model.durable import atomic_write_bytes
 from model.errors import BundleError
 from model.network import build_densenet121_cbam
 from model.tasks import TASK_NAMES, TASKS
@@ -145,7 +144,7 @@ def write_bundle(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
-        _atomic_write(out_dir / f"{task}.pt", data)
+        atomic_write_bytes(out_dir / f"{task}.pt", data)
         tasks_json[task] = {
             "classes": list(TASKS[task].class_names),
             "weights": f"{task}.pt",
@@ -161,7 +160,7 @@ def write_bundle(
         "untrained": bool(untrained),
     }
     text = json.dumps(document, indent=2, sort_keys=False, default=str) + "\n"
-    _atomic_write(out_dir / BUNDLE_JSON, text.encode("utf-8"))
+    atomic_write_bytes(out_dir / BUNDLE_JSON, text.encode("utf-8"))
     return read_bundle_info(out_dir)
 
 
@@ -346,17 +345,3 @@ def _check_digest(path: Path, actual: str, expected: str) -> None:
             f"{path}: sha256 mismatch, expected {expected}, actual {actual} "
             "(file changed or corrupted since the bundle was written)"
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

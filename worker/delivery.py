@@ -15,8 +15,9 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from model.durable import atomic_write_bytes
 from molsub.config import Destination, NodeConfig
-from worker.result_store import FAILED, PENDING, SENT, ResultStore, atomic_write_bytes
+from worker.result_store import FAILED, PENDING, SENT, ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+
+from model.durable import atomic_write_bytes
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
@@ -37,26 +37,6 @@ class ResultNotFound(LookupError):
     def __init__(self, unit_id: str, root: Path) -> None:
         self.unit_id = unit_id
         super().__init__(f"unit {unit_id}: no result recorded under {root}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename over it, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def dataset_bytes(ds: Dataset) -> bytes:
