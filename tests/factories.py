@@ -6,11 +6,13 @@ generator), so tests and synthetic studies share one implementation.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from molsub.synth import (
@@ -22,10 +24,13 @@ from molsub.synth import (
 )
 
 __all__ = [
+    "HTJ2K_CODESTREAM",
     "MG_FOR_PRESENTATION",
     "MG_FOR_PROCESSING",
     "VIEW_CODES",
     "disk_mask",
+    "htj2k_expected_pixels",
+    "make_htj2k_mg",
     "make_mg",
     "make_seg",
     "roundtrip",
@@ -100,3 +105,41 @@ def roundtrip(ds: Dataset) -> Dataset:
 def disk_mask(shape: tuple[int, int], center: tuple[int, int], radius: int) -> np.ndarray:
     rr, cc = np.ogrid[: shape[0], : shape[1]]
     return ((rr - center[0]) ** 2 + (cc - center[1]) ** 2) <= radius**2
+
+
+# A 20x24 12-bit HTJ2K (Part 15, reversible 5/3) codestream of `htj2k_expected_pixels()`,
+# made once with OpenJPH 0.9 (Debian openjph-tools: `ojph_compress -reversible true
+# -num_decomps 2` from a 16-bit PGM): pydicom 3.0 has no HTJ2K encoder and pylibjpeg-openjpeg
+# only decodes HTJ2K.
+HTJ2K_CODESTREAM = base64.b64decode(
+    "/0//UQApQAAAAAAUAAAAGAAAAAAAAAAAAAAAFAAAABgAAAAAAAAAAAABCwEB/1AACAACAAAAB/9SAAwAAgABAAIE"
+    "BEAB/1wACiBweHh4cHB4/2QAFgABT3BlbkpQSCBWZXIgMC45LjAu/5AACgAAAAACuQAB/5PAAXbgcVCXpf1N97ts"
+    "imr4rxdljkxnMaFGtEDCP4PogVTSqM5bNCcgtAeYw0/6Ac9cns6tGC8hQNM9AMAAuvgAF2UAAu0A49g6IVFPrv7B"
+    "eJmEuPlmApdCJ6QZYXhAs4qSbb3FUhla/gBE054XRCMLxCARnQDjStiiKOSbGxXYAZ/+t5LhUujR7QhewEUjVd7o"
+    "TmVg2io9r/IFf8ikcTxyIgvEICKeAMkVFHzt0erhwwU6ez9oeegGLHIK1xJN5uISeIEGNrzC6uy/PkeLCzZBQyde"
+    "TkB8QQMvPgDAAX0/AAX05AAL6JBhMeP2lGL2RkHCU4x7F4uFDQO4fx+m1sWLYmi9u5Mq6MWY1snFtMLAZ6w3zMWL"
+    "e8UsNp6e1jDCiCFWLIyYKKMUw/mFsDAo1apVsffEWBz/WRmCcjHmwHmDFAf/cy+ZPWnKpZzkfPM19/8J8wMuRtJ1"
+    "hjkxB0h5jDgAY9wNgv0BRCQQ4LkkDyAg0MsPovHVi9Wejy5IAxiuIIHr8MRn0QIhfGIu8rWF8aStMFC2ExdrL6ZY"
+    "GACLw9hyH0YsVjyrPWMxJ/DDtJ/Fl3GYMLHFYsTMKibvi2IutnUx70UxUaK8mPOLbS1G6b49xoQPAP4jJjm1z2aK"
+    "yfmcxfGBnA3T/yiFWO8MY1nEAMM4FUFpchGTNsLgnKPYZDFG+AyjmV0ysklCSSDpZ9V8eP0qzscJVwo5AYxSIQDN"
+    "UURn0gKLFzPGOMoiKYovtpgUGGGEkZTFMFbs4lHGGONRFiMF41EWW0yRFMUuXmTsYkWLcl6MlBljzigxZ9ZozZyZ"
+    "s/9Lc4zRGqSsnDWn/yvOy7nWwhjM6WLA2Jz5/2KIMRjjhgC+n3au7ob0tuyS2GYHyDA/xji3/NGN80sC66frX6wy"
+    "jsIwD78QQGfaAv/Z"
+)
+
+
+def htj2k_expected_pixels() -> np.ndarray:
+    yy, xx = np.mgrid[:24, :20]
+    pixels = ((yy * 171 + xx * 37 + (yy * xx) % 13 * 61) % 4096).astype(np.uint16)
+    pixels[0, 0], pixels[-1, -1] = 0, 4095
+    return pixels
+
+
+def make_htj2k_mg(transfer_syntax: str) -> Dataset:
+    """An MG image whose pixel data is ``HTJ2K_CODESTREAM``, labelled with an HTJ2K syntax."""
+    pixels = htj2k_expected_pixels()
+    ds = make_mg(np.zeros_like(pixels))
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.PixelData = encapsulate([HTJ2K_CODESTREAM])
+    ds["PixelData"].VR = "OB"
+    return ds

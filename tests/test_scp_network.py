@@ -14,15 +14,41 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom import uid
+from pynetdicom import AE
 
 from molsub.config import NodeConfig, NodeSettings
-from scp.server import TRANSFER_SYNTAXES, NodeSCP
+from scp.server import NodeSCP
 from scp.spool import Spool
 from scp.state import DONE, ENQUEUED, READY, TIMED_OUT, WAITING, Unit, unit_status
 from tests.dicom_peers import SCU_AET, echoscu, free_port, storescu
-from tests.factories import disk_mask, make_mg, make_seg
+from tests.factories import (
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    disk_mask,
+    make_htj2k_mg,
+    make_mg,
+    make_seg,
+)
 
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+# What a mammography unit may send (REFERENCE.md section 3: uncompressed, JPEG Lossless, JPEG-LS,
+# JPEG 2000, HTJ2K, RLE), written out here so that the tests do not just echo scp.server's list.
+ACCEPTED_SYNTAXES = (
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+    uid.RLELossless,
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -127,11 +153,10 @@ def test_echo(start_scp: StartFn) -> None:
 
 def test_every_required_transfer_syntax_offered(start_scp: StartFn) -> None:
     scp = start_scp(Recorder())
-    for uid in ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1"):
-        contexts = [c for c in scp.ae.supported_contexts if c.abstract_syntax == uid]
+    for sop_class in (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, uid.SegmentationStorage):
+        contexts = [c for c in scp.ae.supported_contexts if c.abstract_syntax == sop_class]
         assert len(contexts) == 1
-        assert set(contexts[0].transfer_syntax) == set(TRANSFER_SYNTAXES)
-    assert len(TRANSFER_SYNTAXES) == 13
+        assert set(contexts[0].transfer_syntax) == set(ACCEPTED_SYNTAXES)
 
 
 def test_mg_and_seg_stored_durably_and_unit_enqueued(
@@ -175,6 +200,83 @@ def test_jpeg_lossless_sample_kept_in_its_transfer_syntax(
     assert stored.file_meta.TransferSyntaxUID == JPEG_LOSSLESS_SV1
     assert stored.PixelData == sent.PixelData
     assert stored_path.name == f"{sent.SOPInstanceUID}.dcm"
+
+
+def encoded_mg(syntax: str, folder: Path) -> Path:
+    """A SYNTHETIC MG file in ``syntax``, encoded by dcmtk where it can, else by pydicom."""
+    plain = write(make_mg(bits_stored=12, seed=5), folder, "plain.dcm")
+    out = folder / "encoded.dcm"
+    dcmtk = {
+        uid.ImplicitVRLittleEndian: ["dcmconv", "+ti"],
+        uid.DeflatedExplicitVRLittleEndian: ["dcmconv", "+td"],
+        uid.JPEGLosslessSV1: ["dcmcjpeg", "+e1"],
+        uid.JPEGLossless: ["dcmcjpeg", "+el"],
+        uid.JPEGLSLossless: ["dcmcjpls", "+el"],
+        uid.JPEGLSNearLossless: ["dcmcjpls", "+en"],
+        uid.RLELossless: ["dcmcrle"],
+    }
+    if syntax == uid.ExplicitVRLittleEndian:
+        return plain
+    if syntax in dcmtk:
+        subprocess.run([*dcmtk[syntax], str(plain), str(out)], check=True, capture_output=True)
+        return out
+    if syntax in (uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K):
+        return write(make_htj2k_mg(syntax), folder, "encoded.dcm")
+    ds = pydicom.dcmread(plain)
+    ds.compress(syntax, j2k_cr=[10] if syntax == uid.JPEG2000 else None)
+    return write(ds, folder, "encoded.dcm")
+
+
+# storescu's option that proposes each syntax; dcmtk has none for the others, which
+# pynetdicom's SCU sends.
+STORESCU_PROPOSES = {
+    uid.ImplicitVRLittleEndian: "-xi",
+    uid.ExplicitVRLittleEndian: "-xe",
+    uid.DeflatedExplicitVRLittleEndian: "-xd",
+    uid.JPEGLosslessSV1: "-xs",
+    uid.JPEGLSLossless: "-xt",
+    uid.JPEGLSNearLossless: "-xu",
+    uid.JPEG2000Lossless: "-xv",
+    uid.JPEG2000: "-xw",
+    uid.RLELossless: "-xr",
+}
+
+
+def send_in_syntax(port: int, path: Path, syntax: str) -> None:
+    """C-STORE ``path`` over a presentation context of ``syntax`` only; asserts success."""
+    if syntax in STORESCU_PROPOSES:
+        result = storescu(port, [path], options=("-R", STORESCU_PROPOSES[syntax], "-v"))
+        assert result.returncode == 0, result.stderr
+        assert "Received Store Response (Success)" in result.stderr, result.stderr
+        return
+    ae = AE(ae_title=SCU_AET)
+    ae.add_requested_context(MG_FOR_PRESENTATION, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MOLSUB")
+    assert assoc.is_established
+    try:
+        [context] = assoc.accepted_contexts
+        assert context.transfer_syntax == [syntax]
+        status = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+
+
+@pytest.mark.parametrize("syntax", ACCEPTED_SYNTAXES, ids=lambda s: s.keyword)
+def test_every_transfer_syntax_received_over_the_network_as_sent(
+    start_scp: StartFn, tmp_path: Path, syntax: str
+) -> None:
+    """Each offered syntax is negotiated alone, received and spooled unchanged."""
+    scp = start_scp(Recorder())
+    sent_path = encoded_mg(syntax, tmp_path)
+    sent = pydicom.dcmread(sent_path)
+    assert sent.file_meta.TransferSyntaxUID == syntax
+    send_in_syntax(scp.port, sent_path, syntax)
+    [stored_path] = spooled_files(tmp_path / "spool")
+    stored = pydicom.dcmread(stored_path)
+    assert stored.file_meta.TransferSyntaxUID == syntax
+    assert stored.SOPInstanceUID == sent.SOPInstanceUID
+    assert stored.PixelData == sent.PixelData
 
 
 @pytest.mark.parametrize(
