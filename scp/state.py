@@ -1,7 +1,9 @@
 """The spool's state database (SQLite, WAL, synchronous=FULL): instances received and units.
 
 A unit is one SEG and the images it references. Its state moves
-``waiting -> ready -> enqueued -> done | failed``, or ``waiting -> timed_out``. ``ready`` is
+``waiting -> ready -> enqueued -> done | failed``, or ``waiting -> timed_out``; a timed-out
+unit goes back to ``waiting`` when one of its objects arrives after all (a late image, or the
+SEG sent again), so a study routed again by hand is still processed. ``ready`` is
 set in the same transaction that records the unit's last missing object (the outbox pattern):
 whatever crashes afterwards, the unit is found ready at the next start and enqueued then, and
 only a unit recorded ``enqueued`` is never offered again.
@@ -131,13 +133,15 @@ class StateDB:
                     row["unit_id"]
                     for row in cur.execute(
                         "SELECT u.unit_id FROM unit_refs r JOIN units u USING (unit_id) "
-                        "WHERE r.sop_uid = ? AND u.state = ?",
-                        (info.sop_instance_uid, WAITING),
+                        "WHERE r.sop_uid = ? AND u.state IN (?, ?)",
+                        (info.sop_instance_uid, WAITING, TIMED_OUT),
                     ).fetchall()
                 ]
+                # A late image reopens a timed-out unit; its timeout counts from now.
                 cur.executemany(
-                    "UPDATE units SET last_received_at = ?, updated_at = ? WHERE unit_id = ?",
-                    [(now, now, unit_id) for unit_id in touched],
+                    "UPDATE units SET state = ?, detail = '', last_received_at = ?, "
+                    "updated_at = ? WHERE unit_id = ?",
+                    [(WAITING, now, now, unit_id) for unit_id in touched],
                 )
             ready = [u for u in touched if u and self._complete(cur, u)]
             cur.executemany(

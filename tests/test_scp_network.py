@@ -361,7 +361,7 @@ def test_images_before_seg_ready_at_once(start_scp: StartFn, study: dict) -> Non
     assert time.monotonic() - t0 < 5  # no study-timeout wait when complete
 
 
-def test_incomplete_unit_times_out_with_warning(
+def test_incomplete_unit_times_out_with_warning_and_late_image_reopens_it(
     start_scp: StartFn, study: dict, caplog: pytest.LogCaptureFixture
 ) -> None:
     enqueue = Recorder()
@@ -375,6 +375,10 @@ def test_incomplete_unit_times_out_with_warning(
     [line] = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
     assert study["seg_uid"] in line and study["mlo_uid"] in line
     assert study["cc_uid"] not in line  # only the missing image is named
+    # The PACS routes the missing image after all: the unit reopens and is enqueued at once.
+    send_ok(scp.port, study["mlo"])
+    assert enqueue.called.wait(5)
+    assert enqueue.ids == [study["seg_uid"]]
 
 
 def test_restart_ready_unit_enqueued_exactly_once(

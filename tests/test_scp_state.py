@@ -122,11 +122,42 @@ def test_timeout_counts_from_last_received_object(db: StateDB, tmp_path: Path) -
     assert db.expire_waiting(60.0, now=100.0) == []  # 50 s since the last object
     [expired] = db.expire_waiting(60.0, now=111.0)
     assert expired.state == TIMED_OUT and expired.missing_uids == ("1.2",)
-    # A late image does not reopen it; a resent SEG does (a retry by the sender).
-    assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=200.0) == []
-    assert db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=201.0) == [
-        "9.9"
-    ]
+    assert expired.detail == "incomplete after 60 s"
+
+
+def test_late_image_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(seg_info("9.9", ("1.1", "1.2", "1.3")), tmp_path / "s.dcm", now=0.0)
+    assert [u.unit_id for u in db.expire_waiting(60.0, now=61.0)] == ["9.9"]
+    # One of two missing images arrives late: waiting again, the timeout counting from now.
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=200.0) == []
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == WAITING and unit.detail == ""
+    assert unit.missing_uids == ("1.2", "1.3")
+    assert db.expire_waiting(60.0, now=259.0) == []
+    assert [u.unit_id for u in db.expire_waiting(60.0, now=261.0)] == ["9.9"]
+    # The last ones arrive: ready at once, in the transaction of the last image.
+    assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=300.0) == []
+    assert db.record_instance(mg_info("1.3"), tmp_path / "c.dcm", now=301.0) == ["9.9"]
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == READY
+
+
+def test_resent_seg_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm", now=0.0)
+    db.expire_waiting(60.0, now=61.0)
+    assert db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm", now=100.0) == []
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == WAITING
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=101.0) == ["9.9"]
+
+
+def test_late_image_leaves_finished_units_alone(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm", now=0.0)
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=1.0) == ["9.9"]
+    assert db.mark_enqueued("9.9")
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=2.0) == []  # resent image
+    unit = db.get_unit("9.9")
+    assert unit is not None and unit.state == ENQUEUED
 
 
 def test_state_survives_reopen_and_ready_is_enqueued_once(tmp_path: Path) -> None:
