@@ -149,7 +149,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         destinations=destinations,
         source=source,
     )
-    _validate(config)
+    _validate(config, env)
     return config
 
 
@@ -165,10 +165,10 @@ def _build_section(
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name in known:
-        env_name = f"{ENV_PREFIX}{section.upper()}_{name.upper()}"
-        label = f"[{section}] {name}"
+        env_name = _env_name(section, name)
+        label = _label(section, name, env)
         if env_name in env:
-            kwargs[name] = _convert(env[env_name], hints[name], f"{label} (from ${env_name})")
+            kwargs[name] = _convert(env[env_name], hints[name], label)
             if isinstance(kwargs[name], Path) and not kwargs[name].is_absolute():
                 kwargs[name] = Path.cwd() / kwargs[name]
         elif name in values:
@@ -249,24 +249,44 @@ def _build_destinations(values: Any, base_dir: Path) -> tuple[Destination, ...]:
     return tuple(out)
 
 
-def _validate(config: NodeConfig) -> None:
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def _label(section: str, key: str, env: Mapping[str, str]) -> str:
+    """How an error names a setting: where it came from, so the admin knows what to fix."""
+    env_name = _env_name(section, key)
+    return f"[{section}] {key}" + (f" (from ${env_name})" if env_name in env else "")
+
+
+def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
     n = config.node
-    _check_ae_title(n.ae_title, "[node] ae_title")
+
+    def node(key: str) -> str:
+        return _label("node", key, env)
+
+    def queue(key: str) -> str:
+        return _label("queue", key, env)
+
+    _check_ae_title(n.ae_title, node("ae_title"))
     for aet in n.allowed_calling_aets:
-        _check_ae_title(aet, "[node] allowed_calling_aets")
+        _check_ae_title(aet, node("allowed_calling_aets"))
     if not n.host:
-        raise ConfigError("[node] host: must not be empty (use 127.0.0.1 or 0.0.0.0)")
-    _check_port(n.port, "[node] port")
+        raise ConfigError(f"{node('host')}: must not be empty (use 127.0.0.1 or 0.0.0.0)")
+    _check_port(n.port, node("port"))
     if not n.study_timeout_s > 0:
-        raise ConfigError(f"[node] study_timeout_s: must be > 0 seconds, got {n.study_timeout_s}")
+        raise ConfigError(
+            f"{node('study_timeout_s')}: must be > 0 seconds, got {n.study_timeout_s}"
+        )
     q = config.queue
     if q.visibility_timeout_s <= 0:
-        raise ConfigError("[queue] visibility_timeout_s: must be > 0")
+        raise ConfigError(f"{queue('visibility_timeout_s')}: must be > 0")
     if q.delivery_max_retries < 0:
-        raise ConfigError("[queue] delivery_max_retries: must be >= 0")
+        raise ConfigError(f"{queue('delivery_max_retries')}: must be >= 0")
     if q.delivery_retry_base_s <= 0 or q.delivery_retry_max_s < q.delivery_retry_base_s:
         raise ConfigError(
-            "[queue] delivery_retry_base_s / delivery_retry_max_s: need 0 < base <= max"
+            f"{queue('delivery_retry_base_s')} / {queue('delivery_retry_max_s')}: "
+            "need 0 < base <= max"
         )
     names: set[str] = set()
     for dest in config.destinations:
