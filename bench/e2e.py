@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from model.bundle import init_untrained, load_bundle  # noqa: E402
 from model.inference import Predictor  # noqa: E402
+from model.sop_classes import COMPREHENSIVE_3D_SR as SR_CLASS  # noqa: E402
+from model.sop_classes import SECONDARY_CAPTURE as SC_CLASS  # noqa: E402
 from molsub.synth import (  # noqa: E402
     SYNTHETIC_COMMENT,
     build_lesion_seg,
@@ -57,7 +59,6 @@ from tests.redis_server import free_port, redis_server, stop_process, wait_for  
 from worker.results import build_results  # noqa: E402
 from worker.stages import infer, prepare  # noqa: E402
 
-SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 ROWS, COLS = 1280, 1024
 SEED = 1000
 START_TIMEOUT_S = 120.0

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+from model.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+
 DEMO_TIMEOUT_S = 600
 
 
@@ -88,12 +88,12 @@ def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[P
         for path in sorted(folder.rglob("*.dcm")):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             by_class.setdefault(str(ds.SOPClassUID), []).append(path)
-        srs = by_class.get(SR_CLASS, [])
+        srs = by_class.get(COMPREHENSIVE_3D_SR, [])
         if srs:
             sr = pydicom.dcmread(srs[0])
             rois = sum(1 for _ in _groups(sr))
-            if len(by_class.get(SC_CLASS, [])) >= rois:
-                return srs[0], by_class[SC_CLASS]
+            if len(by_class.get(SECONDARY_CAPTURE, [])) >= rois:
+                return srs[0], by_class[SECONDARY_CAPTURE]
         time.sleep(0.5)
     raise TimeoutError(f"no complete results in {folder} after {timeout_s:.0f} s")
 

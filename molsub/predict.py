@@ -12,11 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from model.errors import InputError
+from model.sop_classes import MG_SOP_CLASSES, SEGMENTATION
 
 log = logging.getLogger(__name__)
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-MG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1"})
 
 
 @dataclass
@@ -59,7 +57,7 @@ def read_inputs(
             continue
         uid = str(ds.get("SOPInstanceUID", "")) or None
         sop_class = str(ds.get("SOPClassUID", ""))
-        if sop_class == SEG_SOP_CLASS:
+        if sop_class == SEGMENTATION:
             segs.append(ds)
         elif sop_class in MG_SOP_CLASSES:
             if uid in images:

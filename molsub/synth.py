@@ -27,10 +27,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from model.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING
 from model.tasks import SUBTYPE5, SUBTYPE_TO_BINARY
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
 VIEWS = ("CC", "MLO")
 

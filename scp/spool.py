@@ -23,13 +23,10 @@ from pydicom.errors import InvalidDicomError
 
 from model.errors import InputError
 from model.seg_refs import referenced_image_uids
+from model.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION
 
 log = logging.getLogger(__name__)
 
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-IMAGE_SOP_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
 ACCEPTED_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION)
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

@@ -12,10 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from model.errors import InputError
-
-MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-MG_SOP_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
+from model.sop_classes import MG_SOP_CLASSES
 
 
 def uid_of(ds: Dataset) -> str | None:

@@ -17,8 +17,7 @@ from pydicom.dataset import Dataset
 
 from model.errors import InputError
 from model.seg_refs import referenced_image_uids
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+from model.sop_classes import SEGMENTATION
 
 
 @dataclass
@@ -31,7 +30,7 @@ class SegmentMask:
 
 def _parse(seg: Dataset) -> hd.seg.Segmentation:
     seg_uid = str(seg.get("SOPInstanceUID", "")) or None
-    if str(seg.get("SOPClassUID", "")) != SEG_SOP_CLASS:
+    if str(seg.get("SOPClassUID", "")) != SEGMENTATION:
         raise InputError(seg_uid, "is not a DICOM Segmentation")
     patched = copy.deepcopy(seg)
     for group in patched.get("SharedFunctionalGroupsSequence", []):

@@ -10,6 +10,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from model.roi import RoiCrop, RoiPrediction
+from model.sop_classes import SEGMENTATION
 from worker.results.codes import (
     BREAST,
     BREAST_BY_LATERALITY,
@@ -37,7 +38,6 @@ from worker.results.equipment import (
 )
 from worker.results.uids import ResultUids
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_SERIES_NUMBER = 9901
 LESION = Code("52988006", "SCT", "Lesion")
 # TID 1500's Procedure Reported is drawn from CID 100, which has no mammography code (PixelMed
@@ -120,7 +120,7 @@ def _roi_group(
             uid=uids.tracking(index), identifier=roi_identifier(index, roi, image)
         ),
         referenced_segment=hd.sr.ReferencedSegmentationFrame(
-            sop_class_uid=SEG_SOP_CLASS,
+            sop_class_uid=SEGMENTATION,
             sop_instance_uid=str(seg.SOPInstanceUID),
             frame_number=seg_frame_number(seg, roi.segment_number, roi.source_sop_instance_uid),
             segment_number=roi.segment_number,
