@@ -1,7 +1,7 @@
 """Durable file writes: a reader sees the old file or the new one, never half of one.
 
-Used for model bundles (model/) and the node's recorded results (worker/); model/ is the lowest
-layer both may depend on.
+Used for model bundles (model/), the node's recorded results (worker/) and its spool (scp/);
+model/ is the lowest layer all three may depend on.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` survive a power loss."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

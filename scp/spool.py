@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +20,7 @@ from typing import BinaryIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from model.durable import fsync_directory
 from model.errors import InputError
 from model.seg_refs import referenced_image_uids
 from model.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION
@@ -76,18 +76,13 @@ def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
         raise InputError(sop_uid, "missing or invalid Study Instance UID")
     refs: tuple[str, ...] = ()
     if sop_class == SEGMENTATION:
-        refs = seg_referenced_uids(ds)
+        refs = tuple(referenced_image_uids(ds))
         if not refs:
             raise InputError(sop_uid, "SEG references no source image")
         bad = [r for r in refs if not is_valid_uid(r)]
         if bad:
             raise InputError(sop_uid, f"SEG references invalid UID(s) {bad}")
     return ObjectInfo(sop_uid, sop_class, study_uid, refs)
-
-
-def seg_referenced_uids(ds: pydicom.Dataset) -> tuple[str, ...]:
-    """Every image a SEG references (series-level and per-frame source images)."""
-    return tuple(referenced_image_uids(ds))
 
 
 class Spool:
@@ -118,12 +113,6 @@ class Spool:
         if not (is_valid_uid(study_uid) and is_valid_uid(sop_instance_uid)):
             raise InputError(sop_instance_uid, "UIDs are not valid DICOM UIDs")
         return self.studies_dir / study_uid / f"{sop_instance_uid}.dcm"
-
-    def relative(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root).as_posix()
-
-    def absolute(self, relative: str) -> Path:
-        return self.root / relative
 
     def receive(
         self, source: BinaryIO | Path, fallback_uid: str = "", *, move: bool = False
@@ -164,7 +153,8 @@ class Spool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dirs([study_dir, self.tmp_dir] + ([self.studies_dir] if created else []))
+        for folder in [study_dir, self.tmp_dir] + ([self.studies_dir] if created else []):
+            fsync_directory(folder)
         return final
 
     @staticmethod
@@ -179,12 +169,3 @@ def _try_rename(source: Path, target: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _fsync_dirs(folders: Iterable[Path]) -> None:
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

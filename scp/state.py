@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from scp.spool import ObjectInfo
+from scp.spool import STATE_DB_NAME, ObjectInfo
 
 WAITING, READY, ENQUEUED, TIMED_OUT, FAILED, DONE = (
     "waiting",
@@ -315,7 +315,7 @@ def format_units(units: list[Unit]) -> str:
 
 def unit_status(spool_dir: str | Path, state: str | None = None) -> list[Unit]:
     """The units of a spool, read without a running node (``molsub`` CLI)."""
-    db_path = Path(spool_dir) / "state.sqlite3"
+    db_path = Path(spool_dir) / STATE_DB_NAME
     if not db_path.exists():
         return []
     db = StateDB(db_path)

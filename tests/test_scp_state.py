@@ -9,9 +9,10 @@ import pydicom
 import pytest
 
 from model.errors import InputError
+from model.seg_refs import referenced_image_uids
 from scp import spool as spool_module
 from scp.dispatcher import Dispatcher
-from scp.spool import SEGMENTATION, ObjectInfo, Spool, read_object_info, seg_referenced_uids
+from scp.spool import SEGMENTATION, ObjectInfo, Spool, read_object_info
 from scp.state import (
     DONE,
     ENQUEUED,
@@ -47,10 +48,10 @@ def test_seg_references_read_from_series_and_per_frame_sources() -> None:
     cc, mlo = make_mg(view="CC"), make_mg(view="MLO")
     mask = disk_mask((256, 200), (100, 100), 20)
     seg = roundtrip(make_seg([cc, mlo], [mask, mask]))
-    assert seg_referenced_uids(seg) == (cc.SOPInstanceUID, mlo.SOPInstanceUID)
+    assert referenced_image_uids(seg) == [cc.SOPInstanceUID, mlo.SOPInstanceUID]
     # Per-frame source images alone are enough (some toolkits omit ReferencedSeriesSequence).
     del seg.ReferencedSeriesSequence
-    assert set(seg_referenced_uids(seg)) == {cc.SOPInstanceUID, mlo.SOPInstanceUID}
+    assert set(referenced_image_uids(seg)) == {cc.SOPInstanceUID, mlo.SOPInstanceUID}
 
 
 def test_read_object_info_names_the_object_and_reason(tmp_path: Path) -> None:
