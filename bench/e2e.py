@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import selectors
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from model.bundle import init_untrained, load_bundle  # noqa: E402
 from model.inference import Predictor  # noqa: E402
 from model.sop_classes import COMPREHENSIVE_3D_SR as SR_CLASS  # noqa: E402
 from model.sop_classes import SECONDARY_CAPTURE as SC_CLASS  # noqa: E402
+from molsub.node import wait_until_listening  # noqa: E402
 from molsub.synth import (  # noqa: E402
     SYNTHETIC_COMMENT,
     build_lesion_seg,
@@ -237,21 +237,10 @@ def start_node(
 
 
 def listening_port(node: subprocess.Popen[str], timeout_s: float) -> int:
-    """The port from the node's "listening HOST:PORT ..." line; stdout is drained afterwards."""
-    assert node.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(node.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=max(deadline - time.monotonic(), 0)):
-                continue
-            line = node.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the node exited ({node.wait(timeout=10)}) before listening")
-            if line.startswith("listening "):
-                threading.Thread(target=node.stdout.read, daemon=True).start()
-                return int(line.split()[1].rsplit(":", 1)[1])
-    raise TimeoutError(f"the node did not listen within {timeout_s:.0f} s")
+    """The port from the node's listening line; stdout is drained afterwards."""
+    port = wait_until_listening(node, timeout_s).port
+    threading.Thread(target=node.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+    return port
 
 
 # --------------------------------------------------------------------------------------------

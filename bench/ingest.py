@@ -49,6 +49,7 @@ from typing import IO
 import numpy as np
 import pydicom
 
+from molsub.node import wait_until_listening
 from molsub.synth import build_mg, synthetic_uid
 
 ROWS, COLS = 4096, 3328
@@ -270,10 +271,8 @@ def start_node(out_dir: Path, log_path: Path) -> Receiver:
             cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(tmpdir)
         )
     try:
-        assert proc.stdout is not None
-        # "listening HOST:PORT as AE": the real port, as --port 0 asked for any free one.
-        line = wait_for_line(proc, proc.stdout, "listening ", START_TIMEOUT_S)
-        port = int(line.split()[1].rsplit(":", 1)[1])
+        # The real port, as --port 0 asked for any free one.
+        port = wait_until_listening(proc, START_TIMEOUT_S).port
     except BaseException:
         stop(proc)
         raise

@@ -101,27 +101,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from molsub.node import read_config, worker
+    from molsub.config import load_node_config
+    from molsub.node import worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    return worker(read_config(args.config), queues)
+    return worker(load_node_config(args.config), queues)
 
 
 def _cmd_units(args: argparse.Namespace) -> int:
-    from molsub.node import read_config
+    from molsub.config import load_node_config
     from scp.state import format_units, unit_status
 
-    config = read_config(args.config)
+    config = load_node_config(args.config)
     print(format_units(unit_status(config.node.spool_dir, args.state)))
     return EXIT_OK
 
 
 def _cmd_resend(args: argparse.Namespace) -> int:
-    from molsub.node import read_config
+    from molsub.config import load_node_config
     from worker.delivery import resend
     from worker.result_store import ResultNotFound
 
-    config = read_config(args.config)
+    config = load_node_config(args.config)
     try:
         outcome = resend(args.unit, config)
     except ResultNotFound as exc:
@@ -246,9 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
     from model.errors import BundleError, InputError
+    from molsub.config import ConfigError
 
     try:
         return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (BundleError, InputError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

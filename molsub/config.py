@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "MOLSUB_"
+CONFIG_FILE_ENV = "MOLSUB_CONFIG"  # names the node.toml when no --config is given
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,15 @@ _SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "queue": QueueSettings,
 }
+
+
+def load_node_config(path: str | Path | None = None) -> NodeConfig:
+    """``path`` (--config), else the file $MOLSUB_CONFIG names, else built-in defaults.
+
+    How every process of the node (serve, worker, units, resend, ``-A worker.celery_app``)
+    finds its config; the environment overrides apply in every case.
+    """
+    return load_config(path or os.environ.get(CONFIG_FILE_ENV) or None)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> NodeConfig:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from model.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from molsub.node import wait_until_listening
 
 DEMO_TIMEOUT_S = 600
 
@@ -71,11 +72,7 @@ def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int
             stderr=log,
             text=True,
         )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("listening "):
-            return proc, int(line.split()[1].rsplit(":", 1)[1])
-    raise RuntimeError(f"the node exited ({proc.wait()}) before listening")
+    return proc, wait_until_listening(proc, DEMO_TIMEOUT_S).port
 
 
 def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[Path, list[Path]]:

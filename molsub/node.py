@@ -9,27 +9,83 @@ same workers can instead run on other hosts (`molsub worker --queues infer` on a
 from __future__ import annotations
 
 import logging
-import os
+import select
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from molsub.config import ConfigError, NodeConfig, load_config
+from molsub.config import NodeConfig, load_node_config, with_node
+
+if TYPE_CHECKING:
+    from scp.state import Unit
 
 log = logging.getLogger(__name__)
 
 LOCAL_WORKER_QUEUES: tuple[tuple[str, ...], ...] = (("prepare", "deliver"), ("infer",))
 
 
-def read_config(path: Path | None) -> NodeConfig:
-    """--config, else $MOLSUB_CONFIG, else built-in defaults; env overrides apply to all."""
-    chosen = path or (
-        Path(os.environ["MOLSUB_CONFIG"]) if os.environ.get("MOLSUB_CONFIG") else None
-    )
-    return load_config(chosen)
+@dataclass(frozen=True)
+class Listening:
+    """What the node's one stdout line says: ``listening HOST:PORT as AE_TITLE``.
+
+    Supervisors, the demo, the tests and the benchmarks start the node with ``--port 0`` and
+    learn the real port from this line.
+    """
+
+    host: str
+    port: int
+    ae_title: str
+
+    def line(self) -> str:
+        return f"listening {self.host}:{self.port} as {self.ae_title}"
+
+    @classmethod
+    def parse(cls, line: str) -> Listening | None:
+        """The line's fields, or None for any other line."""
+        words = line.split()
+        if len(words) != 4 or words[0] != "listening" or words[2] != "as":
+            return None
+        host, _, port = words[1].rpartition(":")
+        return cls(host, int(port), words[3])
+
+
+def wait_until_listening(proc: subprocess.Popen[str], timeout_s: float) -> Listening:
+    """Read a started node's stdout until its listening line, without blocking past the deadline."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:  # EOF: the node exited
+                break
+            listening = Listening.parse(line)
+            if listening is not None:
+                return listening
+        elif proc.poll() is not None:
+            break
+    code = proc.poll()
+    if code is None:
+        raise TimeoutError(f"the node did not report listening within {timeout_s:g} s")
+    raise RuntimeError(f"the node exited ({code}) before listening")
+
+
+def celery_enqueuer(config: NodeConfig) -> Callable[[Unit], None]:
+    """The SCP's enqueue callback: each ready unit becomes a prepare -> infer -> deliver chain."""
+    from worker.celery_app import enqueue_unit, make_celery_app
+
+    app = make_celery_app(config)
+
+    def enqueue(unit: Unit) -> None:
+        enqueue_unit(app, unit.unit_id, unit.seg_path or "", unit.image_paths)
+
+    return enqueue
 
 
 def check(config: NodeConfig) -> list[str]:
@@ -91,20 +147,24 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: floa
             proc.wait()
 
 
-def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers)."""
-    from molsub.config import with_node
+def serve(
+    config: NodeConfig,
+    *,
+    workers: bool = True,
+    port: int | None = None,
+    enqueue: Callable[[Unit], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers).
+
+    ``enqueue`` defaults to the node's Celery app; ``python -m scp --enqueue log`` passes one
+    that only logs.
+    """
     from scp.server import NodeSCP
-    from scp.state import Unit
-    from worker.celery_app import enqueue_unit, make_celery_app
 
     if port is not None:
         config = with_node(config, port=port)
-    app = make_celery_app(config)
-
-    def enqueue(unit: Unit) -> None:
-        enqueue_unit(app, unit.unit_id, unit.seg_path or "", unit.image_paths)
-
+    if enqueue is None:
+        enqueue = celery_enqueuer(config)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -113,7 +173,7 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
     try:
         scp.start()
         # The line a supervisor or a test waits for; the real port when 0 was asked for.
-        print(f"listening {config.node.host}:{scp.port} as {config.node.ae_title}", flush=True)
+        print(Listening(config.node.host, scp.port, config.node.ae_title).line(), flush=True)
         while not stopping.wait(1.0):
             for proc in processes:
                 if proc.poll() is not None:
@@ -135,11 +195,7 @@ def worker(config: NodeConfig, queues: Sequence[str]) -> int:
 def serve_main(
     config_path: Path | None, *, check_only: bool, workers: bool, port: int | None
 ) -> int:
-    try:
-        config = read_config(config_path)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    config = load_node_config(config_path)
     if check_only:
         print(describe(config, workers=workers))
         problems = check(config)

@@ -1,22 +1,19 @@
-"""``python -m scp``: run the receiving side alone (the node's ``molsub serve`` wraps NodeSCP).
+"""``python -m scp``: the receiving side alone, for testing a receiver without workers.
 
-``--enqueue celery`` (default) queues each ready unit on the node's Celery app;
-``--enqueue log`` only logs it (a receiver test bench: units are marked enqueued).
+It runs ``molsub serve --no-workers`` (the SCP service deploy/ installs) with two extras:
+``--enqueue log`` only logs each ready unit (it is marked enqueued; no queue is touched), and
+``--spool`` points it at another spool folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from molsub.config import ConfigError, load_config, with_node
-from scp.dispatcher import EnqueueFn
-from scp.server import NodeSCP
+from molsub.config import ConfigError, load_node_config, with_node
+from molsub.node import serve
 from scp.state import Unit, format_units, unit_status
 
 log = logging.getLogger("scp")
@@ -26,17 +23,6 @@ def _log_enqueue(unit: Unit) -> None:
     log.info(
         "unit %s ready: SEG %s, %d image(s)", unit.unit_id, unit.seg_uid, len(unit.image_paths)
     )
-
-
-def _celery_enqueue(config) -> EnqueueFn:  # noqa: ANN001 - molsub.config.NodeConfig
-    from worker.celery_app import enqueue_unit, make_celery_app
-
-    app = make_celery_app(config)
-
-    def enqueue(unit: Unit) -> None:
-        enqueue_unit(app, unit.unit_id, unit.seg_path or "", unit.image_paths)
-
-    return enqueue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,12 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        config = load_config(args.config or os.environ.get("MOLSUB_CONFIG") or None)
+        config = load_node_config(args.config)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.port is not None:
-        config = with_node(config, port=args.port)
     if args.spool is not None:
         config = with_node(config, spool_dir=args.spool)
     if args.check:
@@ -66,17 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.units:
         print(format_units(unit_status(config.node.spool_dir)))
         return 0
-    enqueue = _log_enqueue if args.enqueue == "log" else _celery_enqueue(config)
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    scp = NodeSCP(config, enqueue)
-    scp.start()
-    # The line a supervisor (or a test) waits for; the port is the real one for --port 0.
-    print(f"listening {scp.config.node.host}:{scp.port}", flush=True)
-    stopping.wait()
-    scp.stop()
-    return 0
+    enqueue = _log_enqueue if args.enqueue == "log" else None
+    return serve(config, workers=False, port=args.port, enqueue=enqueue)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pydicom
 import pytest
 
 from model.bundle import init_untrained
+from molsub.node import wait_until_listening
 from molsub.synth import SynthStudy, write_synthetic_studies
 from tests.dicom_peers import SCU_AET, echoscu, free_port, storescu
 from tests.redis_server import redis_server, stop_process, wait_for
@@ -158,23 +158,6 @@ def background(
         stop_process(proc, timeout_s=TERM_TIMEOUT_S)
 
 
-def read_listening_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """The node's "listening HOST:PORT as AE" stdout line, without blocking past the deadline."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith("listening "):
-                return line.strip()
-            if not line:  # EOF: the node exited
-                break
-        elif proc.poll() is not None:
-            break
-    raise RuntimeError(f"node did not report listening (exit code {proc.poll()})")
-
-
 @contextmanager
 def node(
     config: Path, log: Path, *args: str, env: dict[str, str] | None = None
@@ -189,10 +172,9 @@ def node(
             env={**os.environ, **(env or {})},
         )
     try:
-        line = read_listening_line(proc, START_TIMEOUT_S)
-        host_port, ae = line.split()[1], line.split()[-1]
-        assert ae == "MOLSUB", line
-        yield proc, int(host_port.rsplit(":", 1)[1])
+        listening = wait_until_listening(proc, START_TIMEOUT_S)
+        assert listening.ae_title == "MOLSUB", listening
+        yield proc, listening.port
     finally:
         stop_process(proc, timeout_s=90)
         if proc.stdout is not None:

@@ -18,6 +18,7 @@ from pydicom import uid
 from pynetdicom import AE
 
 from molsub.config import NodeConfig, NodeSettings
+from molsub.node import wait_until_listening
 from scp.server import NodeSCP
 from scp.spool import Spool
 from scp.state import DONE, ENQUEUED, READY, TIMED_OUT, WAITING, Unit, unit_status
@@ -434,11 +435,11 @@ def test_scp_as_separate_process(study: dict, tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening "), line
-        port = int(line.rsplit(":", 1)[1])
-        result = storescu(port, [study["cc"], study["mlo"], study["seg"]], called_aet="NODE2")
+        listening = wait_until_listening(proc, timeout_s=60)
+        assert listening.ae_title == "NODE2"
+        result = storescu(
+            listening.port, [study["cc"], study["mlo"], study["seg"]], called_aet="NODE2"
+        )
         assert result.returncode == 0, result.stderr
         assert wait_for(lambda: [u.state for u in unit_status(spool)] == [ENQUEUED])
     finally:
@@ -468,8 +469,7 @@ def test_large_mg_streams_to_disk_not_memory(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        port = wait_until_listening(proc, timeout_s=60).port
         before = _peak_rss_kib(proc.pid)
         send_ok(port, big)
         growth_mib = (_peak_rss_kib(proc.pid) - before) / 1024

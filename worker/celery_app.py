@@ -15,14 +15,13 @@ node.toml named by $MOLSUB_CONFIG (environment overrides apply).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, chain
 
-from molsub.config import NodeConfig, load_config
+from molsub.config import NodeConfig, load_node_config
 from worker import tasks
 from worker.delivery import result_root
 from worker.result_store import SENT, ResultStore
@@ -184,12 +183,6 @@ def run_worker(
         hostname=hostname,
     )
     worker.start()
-
-
-def load_node_config() -> NodeConfig:
-    """The config for ``-A worker.celery_app:app``: $MOLSUB_CONFIG (a node.toml) or defaults."""
-    path = os.environ.get("MOLSUB_CONFIG") or None
-    return load_config(Path(path) if path else None)
 
 
 _default_app: Celery | None = None

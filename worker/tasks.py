@@ -10,7 +10,6 @@ bundle's description comes with the infer message).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,10 +39,10 @@ def bundle_path(config: NodeConfig) -> Path:
 
 
 def inference_device(config: NodeConfig) -> str:
-    """The configured device, else CUDA when this worker has one."""
-    configured = getattr(config.model, "device", None) or os.environ.get("MOLSUB_MODEL_DEVICE")
-    if configured:
-        return str(configured)
+    """The configured device ([model] device, or $MOLSUB_MODEL_DEVICE through the config's
+    environment overrides), else CUDA when this worker has one."""
+    if config.model.device:
+        return config.model.device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
