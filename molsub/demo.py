@@ -79,6 +79,8 @@ def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[P
     """The SR and as many SCs as it has ROIs, once all have arrived."""
     import pydicom
 
+    from worker.results.summary import measurement_groups
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         by_class: dict[str, list[Path]] = {}
@@ -88,19 +90,11 @@ def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[P
         srs = by_class.get(COMPREHENSIVE_3D_SR, [])
         if srs:
             sr = pydicom.dcmread(srs[0])
-            rois = sum(1 for _ in _groups(sr))
+            rois = sum(1 for _ in measurement_groups(sr))
             if len(by_class.get(SECONDARY_CAPTURE, [])) >= rois:
                 return srs[0], by_class[SECONDARY_CAPTURE]
         time.sleep(0.5)
     raise TimeoutError(f"no complete results in {folder} after {timeout_s:.0f} s")
-
-
-def _groups(item):  # noqa: ANN001, ANN202 - SR content items
-    for child in item.get("ContentSequence", []):
-        code = child.get("ConceptNameCodeSequence")
-        if code and code[0].CodeValue == "125007":
-            yield child
-        yield from _groups(child)
 
 
 def run_demo(workdir: Path, offline: bool = False) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pydicom.dataset import Dataset
 
 from worker.results.codes import CLASS_CODES, PROBABILITY_CODES, SCHEME, TASK_CONCEPTS
@@ -23,6 +25,13 @@ def _name(item: Dataset) -> tuple[str, str, str]:
     return str(code.CodingSchemeDesignator), str(code.CodeValue), str(code.CodeMeaning)
 
 
+def measurement_groups(sr: Dataset) -> Iterator[Dataset]:
+    """The SR's TID 1501 measurement groups (DCM 125007): one per ROI."""
+    for item in _items(sr):
+        if str(item.get("ValueType")) == "CONTAINER" and _name(item)[1] == "125007":
+            yield item
+
+
 def summarize_sr(sr: Dataset) -> str:
     """Patient/study UIDs, per ROI the calls and the predicted subtype's probability."""
     lines = [
@@ -36,9 +45,7 @@ def summarize_sr(sr: Dataset) -> str:
         for text in container.get("ContentSequence", [])
         if str(text.get("ValueType")) == "TEXT"
     ]
-    for group in _items(sr):
-        if str(group.get("ValueType")) != "CONTAINER" or _name(group)[1] != "125007":
-            continue
+    for group in measurement_groups(sr):
         tracking, calls, probs = "", {}, {}
         for item in group.get("ContentSequence", []):
             scheme, value, meaning = _name(item)
