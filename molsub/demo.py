@@ -8,6 +8,7 @@ results in a folder destination and shows them: the SR summary and the heatmaps 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +110,10 @@ def run_demo(workdir: Path, offline: bool = False) -> int:
     from worker.results import summarize_sr
 
     workdir.mkdir(parents=True, exist_ok=True)
+    # A fresh node every run: the study's UIDs are fixed (seed 0), so an old spool would take
+    # the study as already done and old results would pass for this run's.
+    for leftover in (workdir / "spool", workdir / "received"):
+        shutil.rmtree(leftover, ignore_errors=True)
     study, bundle_dir = _prepare(workdir)
     config = write_demo_config(workdir, bundle_dir)
     node, port = start_node(config, workdir / "node.log")
