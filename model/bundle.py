@@ -78,7 +78,7 @@ def read_bundle_info(path: Path | str) -> BundleInfo:
     info = _parse_bundle_json(bundle_dir)
     for task in info.tasks:
         weights = _weights_path(bundle_dir, task)
-        _check_digest(weights, _sha256_file(weights), info.weights_sha256[task])
+        _check_digest(weights, sha256_file(weights), info.weights_sha256[task])
     return info
 
 
@@ -188,7 +188,7 @@ def init_untrained(
     if imagenet_checkpoint is not None:
         imagenet = {
             "file": Path(imagenet_checkpoint).name,
-            "sha256": _sha256_file(Path(imagenet_checkpoint)),
+            "sha256": sha256_file(Path(imagenet_checkpoint)),
         }
     provenance = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -328,7 +328,8 @@ def _read_bytes(path: Path) -> bytes:
         raise BundleError(f"{path}: weights file missing or unreadable ({exc.strerror})") from exc
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file read in 1 MiB chunks; BundleError if it cannot be read."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:

@@ -9,7 +9,6 @@ into this product's class order (``model.tasks``), which differs from theirs for
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import types
 from collections import OrderedDict
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from model import network
-from model.bundle import BundleInfo, write_bundle
+from model.bundle import BundleInfo, sha256_file, write_bundle
 from model.errors import BundleError
 from model.network import DenseNet121CBAM
 from model.tasks import TASKS
@@ -186,7 +185,7 @@ def import_reference(
         networks[task] = convert_reference(task, path)
         sources[task] = {
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": sha256_file(path),
             "their_classes": list(THEIR_CLASS_NAMES[task]),
             "our_index_from_their_index": list(THEIR_INDEX_FOR_OURS[task]),
         }
@@ -235,14 +234,6 @@ def _module_state(module: nn.Module, path: Path, prefix: str = "") -> dict[str, 
 
 def _strip_data_parallel(key: str) -> str:
     return key[len("module.") :] if key.startswith("module.") else key
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 __all__ = [
