@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from model.roi import RoiCrop, RoiPrediction, SquareBox
+from worker.stages import PIXEL_KEYWORDS, PreparedUnit
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def decode_array(data: Mapping[str, Any]) -> np.ndarray:
 def encode_dataset(ds: Dataset) -> dict[str, Any]:
     """A header-only dataset (and its file meta) as compressed DICOM JSON."""
     uid = str(ds.get("SOPInstanceUID", "")) or None
-    if any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if any(kw in ds for kw in PIXEL_KEYWORDS):
         raise ValueError(f"object {uid}: pixel data does not belong in a message (header only)")
     file_meta = getattr(ds, "file_meta", None)
     return {
@@ -89,10 +90,10 @@ def decode_dataset(data: Mapping[str, Any]) -> Dataset:
     return ds
 
 
-def _dataclass_types() -> dict[str, type]:
-    from worker.stages import PreparedUnit
-
-    return {cls.__name__: cls for cls in (SquareBox, RoiCrop, RoiPrediction, PreparedUnit)}
+# The only classes a message may name (decoding instantiates nothing else).
+_DATACLASS_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (SquareBox, RoiCrop, RoiPrediction, PreparedUnit)
+}
 
 
 def encode_value(value: Any) -> Any:
@@ -105,7 +106,7 @@ def encode_value(value: Any) -> Any:
         return encode_dataset(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = type(value).__name__
-        if name not in _dataclass_types():
+        if name not in _DATACLASS_TYPES:
             raise TypeError(f"{name} cannot be sent in a message")
         fields = {f.name: encode_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {TYPE_KEY: name, "fields": fields}
@@ -139,9 +140,8 @@ def decode_value(data: Any) -> Any:
         return tuple(decode_value(v) for v in data["items"])
     if kind == "dict":
         return {k: decode_value(v) for k, v in data["items"].items()}
-    types = _dataclass_types()
-    if kind in types:
-        return types[kind](**{k: decode_value(v) for k, v in data["fields"].items()})
+    if kind in _DATACLASS_TYPES:
+        return _DATACLASS_TYPES[kind](**{k: decode_value(v) for k, v in data["fields"].items()})
     raise ValueError(f"unknown value type {kind!r} in message")
 
 
