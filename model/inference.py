@@ -19,10 +19,12 @@ from torch.nn import functional as F
 
 from model.errors import InputError
 from model.network import DEFAULT_GRADCAM_LAYER
+from model.preprocess.rois import MAX_DISPLAY_SIDE
 from model.roi import RoiCrop, RoiPrediction
 
-# A box wider than this gets its CAM at the display's side instead (see ``cam_side``).
-MAX_CAM_SIDE = 2048
+# A box wider than this gets its CAM at the display's side instead (see ``cam_side``): the
+# preprocessing downsamples exactly those displays, so the two limits are one.
+MAX_CAM_SIDE = MAX_DISPLAY_SIDE
 
 
 def resolve_layer(network: nn.Module, dotted: str) -> nn.Module:
