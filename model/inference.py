@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from model.errors import InputError
 from model.network import DEFAULT_GRADCAM_LAYER
+from model.preprocess.crop import resize_square
 from model.preprocess.rois import MAX_DISPLAY_SIDE
 from model.roi import RoiCrop, RoiPrediction
 
@@ -156,10 +157,8 @@ def cam_side(crop: RoiCrop) -> int:
 
 
 def resize_cam(cam: np.ndarray, side: int) -> np.ndarray:
-    """Bilinear resize of one H x W map to side x side, kept in [0, 1], float32."""
-    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
-    resized = F.interpolate(tensor, size=(side, side), mode="bilinear", align_corners=False)
-    return resized[0, 0].clamp_(0.0, 1.0).numpy()
+    """One square map resized like the crops (``resize_square``), kept in [0, 1], float32."""
+    return np.clip(resize_square(cam, side), 0.0, 1.0)
 
 
 def _check_network_input(crop: RoiCrop, shape: tuple[int, ...]) -> None:
