@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -18,8 +15,9 @@ from pynetdicom.sop_class import (
 
 from molsub.config import Destination, NodeConfig, NodeSettings
 from tests import worker_standins as standins
+from tests.dicom_peers import received_uids, start_storescp
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
-from tests.redis_server import free_port, stop_process, wait_for
+from tests.redis_server import free_port, stop_process
 from worker.delivery import DeliveryError, deliver_recorded, resend, store_scu, write_to_folder
 from worker.result_store import FAILED, PENDING, SENT, ResultNotFound, ResultStore
 
@@ -30,27 +28,6 @@ def _objects(seed: int = 0, digest_name: str = "standin"):  # noqa: ANN202
     unit = standins.prepare_unit(seg, {str(cc.SOPInstanceUID): cc}, standins.bundle_info())
     predictions = standins.StandinPredictor().predict(unit.rois)
     return standins.build_objects(unit, predictions, standins.bundle_info())
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def start_storescp(out: Path, port: int, aet: str = "DEST") -> subprocess.Popen:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [shutil.which("storescp"), "--aetitle", aet, "--output-directory", str(out), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _listening(port), 10, f"storescp on port {port}")
-    return proc
-
-
-def received_uids(out: Path) -> set[str]:
-    return {str(pydicom.dcmread(p).SOPInstanceUID) for p in out.iterdir() if p.is_file()}
 
 
 def test_store_records_and_keeps_sent_state(tmp_path: Path) -> None:

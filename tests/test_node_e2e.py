@@ -27,7 +27,7 @@ import pytest
 from model.bundle import init_untrained
 from molsub.node import wait_until_listening
 from molsub.synth import SynthStudy, write_synthetic_studies
-from tests.dicom_peers import SCU_AET, echoscu, free_port, storescu
+from tests.dicom_peers import SCU_AET, echoscu, free_port, start_storescp, storescu
 from tests.redis_server import redis_server, stop_process, wait_for
 from tests.validators import dciodvfy_errors
 
@@ -120,24 +120,11 @@ def logs_on_failure(*logs: Path) -> Iterator[None]:
 @contextmanager
 def storescp(port: int, folder: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """dcmtk's storescp as the PACS; files named by SOP Instance UID, so a resend overwrites."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            ["storescp", "-v", "-aet", PACS_AET, "-od", str(folder), "-uf", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        wait_for(
-            lambda: (
-                proc.poll() is not None
-                or echoscu(port, called_aet=PACS_AET, timeout_s=10).returncode == 0
-            ),
-            30,
-            f"storescp answering C-ECHO on port {port}",
-            every_s=0.3,
-        )
-        assert proc.poll() is None, f"storescp exited: {tail(log)}"
+        proc = start_storescp(folder, port, aet=PACS_AET, log=log)
+    except RuntimeError as exc:
+        raise AssertionError(f"{exc}: {tail(log)}") from None
+    try:
         yield proc
     finally:
         stop_process(proc)

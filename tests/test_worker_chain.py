@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from molsub.config import Destination, NodeConfig, NodeSettings, QueueSettings
+from tests.dicom_peers import received_uids, start_storescp
 from tests.factories import disk_mask, make_mg, make_seg
 from tests.redis_server import free_port, redis_server, stop_process, wait_for
-from tests.test_delivery import received_uids, start_storescp
 from worker.celery_app import enqueue_unit, make_celery_app, task_ids
 from worker.delivery import resend
 from worker.result_store import FAILED, SENT, ResultNotFound, ResultStore
