@@ -57,6 +57,7 @@ from molsub.synth import (  # noqa: E402
 )
 from tests.redis_server import free_port, redis_server, stop_process, wait_for  # noqa: E402
 from worker.results import build_results  # noqa: E402
+from worker.results.summary import measurement_groups  # noqa: E402
 from worker.stages import infer, prepare  # noqa: E402
 
 ROWS, COLS = 1280, 1024
@@ -170,16 +171,8 @@ class Pacs:
 
 
 def roi_count(sr: pydicom.Dataset) -> int:
-    """Measurement groups (TID 1411, concept 125007) in an SR: one SC is sent per group."""
-
-    def walk(item: pydicom.Dataset) -> int:
-        n = 0
-        for child in item.get("ContentSequence", []):
-            code = child.get("ConceptNameCodeSequence")
-            n += bool(code and code[0].CodeValue == "125007") + walk(child)
-        return n
-
-    return walk(sr)
+    """Measurement groups in an SR: one SC is sent per group."""
+    return sum(1 for _ in measurement_groups(sr))
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -49,8 +48,12 @@ from typing import IO
 import numpy as np
 import pydicom
 
-from molsub.node import wait_until_listening
-from molsub.synth import build_mg, synthetic_uid
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/ is not installed; its process helpers are shared
+
+from molsub.node import wait_until_listening  # noqa: E402
+from molsub.synth import build_mg, synthetic_uid  # noqa: E402
+from tests.redis_server import free_port, stop_process  # noqa: E402
 
 ROWS, COLS = 4096, 3328
 SCU_AET = "BENCHSCU"
@@ -114,12 +117,6 @@ def dcmtk_tool(name: str) -> str:
     raise SystemExit(f"dcmtk's {name} not found on PATH (install dcmtk)")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for_port(proc: subprocess.Popen[str], port: int, timeout_s: float) -> None:
     """Until something accepts TCP connections on the port (storescp prints nothing)."""
     deadline = time.monotonic() + timeout_s
@@ -163,13 +160,7 @@ def wait_for_line(
 
 def stop(proc: subprocess.Popen[str]) -> None:
     """SIGTERM, then SIGKILL after a timeout; only the process this script started."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT_S)
+    stop_process(proc, timeout_s=STOP_TIMEOUT_S)
 
 
 def node_env(tmpdir: Path) -> dict[str, str]:
