@@ -6,7 +6,8 @@ tasks: late acks, requeue on a lost worker, one message prefetched, a broker vis
 timeout longer than the longest task. Messages are JSON only (see worker/messages.py).
 
 Broker: ``[queue] broker_url`` (e.g. ``redis://host:6379/0``), or when empty an embedded one
-needing no server: kombu's filesystem transport under SPOOL/queue (single host).
+needing no server: kombu's filesystem transport under SPOOL/queue (single host), with message
+files written atomically (worker/embedded_broker.py).
 
 ``celery -A worker.celery_app:app worker -Q infer`` builds ``app`` on first access from the
 node.toml named by $MOLSUB_CONFIG (environment overrides apply).
@@ -22,7 +23,7 @@ from typing import Any
 from celery import Celery, chain
 
 from molsub.config import NodeConfig, load_node_config
-from worker import tasks
+from worker import embedded_broker, tasks
 from worker.delivery import result_root
 from worker.result_store import SENT, ResultStore
 
@@ -75,6 +76,8 @@ def make_celery_app(config: NodeConfig) -> Celery:
     broker_url, transport_options = broker_settings(config)
     app = Celery("molsub", broker=broker_url, set_as_current=False)
     app.conf.update(
+        # The embedded broker writes its message files atomically (worker/embedded_broker.py).
+        broker_transport=embedded_broker.TRANSPORT if broker_url == "filesystem://" else None,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",

@@ -1,0 +1,41 @@
+"""The embedded broker: kombu's filesystem transport, with every message written atomically.
+
+kombu's filesystem transport (5.x) creates each message file directly in the queue folder and
+then writes it; a consumer in another process may move and read the file before the writer has
+finished, get an empty or cut message and stop with a JSONDecodeError (kombu issue #1551). Here
+a message is written to a hidden temporary file in the same folder, fsynced and renamed into
+place: a consumer sees a whole message or none, and a queued unit survives a power loss.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
+
+from model.durable import atomic_write_bytes
+
+# What Celery's ``broker_transport`` names to use it (with ``broker_url = "filesystem://"``).
+TRANSPORT = "worker.embedded_broker:Transport"
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        # kombu's own file name, so consumers still take messages in the order they were put;
+        # the temporary file (".tmp-...") does not end in ".<queue>.msg" and is never taken.
+        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        path = Path(self.data_folder_out) / name
+        try:
+            atomic_write_bytes(path, str_to_bytes(dumps(payload)))
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {str(path)!r} to directory") from exc
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
