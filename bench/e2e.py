@@ -14,7 +14,7 @@ load on a shared host (both nodes run all the time; the idle one only polls its 
 - redis: a private redis-server, `molsub serve --no-workers`, `molsub worker --queues
   prepare,deliver` and `molsub worker --queues infer`;
 - in-process (reference): the same stages without the node, model already loaded: read the
-  files -> worker.stages.prepare -> infer -> worker.results.build_results. Pure compute; the
+  files -> worker.pipeline.Pipeline.run (prepare -> infer -> results). Pure compute; the
   ratio node p50 / in-process p50 is the node's overhead factor (queues, processes, DIMSE).
 
 Study 0 warms every path up (model load, first imports) and is not counted.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
@@ -40,25 +41,28 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from model.bundle import init_untrained, load_bundle  # noqa: E402
-from model.inference import Predictor  # noqa: E402
-from model.sop_classes import COMPREHENSIVE_3D_SR as SR_CLASS  # noqa: E402
-from model.sop_classes import SECONDARY_CAPTURE as SC_CLASS  # noqa: E402
-from molsub.node import wait_until_listening  # noqa: E402
-from molsub.synth import (  # noqa: E402
+from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
+from common.sop_classes import COMPREHENSIVE_3D_SR as SR_CLASS
+from common.sop_classes import SECONDARY_CAPTURE as SC_CLASS
+from model.bundle import init_untrained
+from molsub.launch import (
+    MOLSUB,
+    free_port,
+    redis_server,
+    start_node,
+    stop_process,
+    wait_for,
+    write_config,
+)
+from molsub.synth import (
     SYNTHETIC_COMMENT,
     build_lesion_seg,
     build_mg,
     render_views,
     synthetic_uid,
 )
-from tests.redis_server import free_port, redis_server, stop_process, wait_for  # noqa: E402
-from worker.results import build_results  # noqa: E402
-from worker.results.summary import measurement_groups  # noqa: E402
-from worker.stages import infer, prepare  # noqa: E402
+from worker.pipeline import BundleModel, Pipeline
+from worker.results.summary import measurement_groups
 
 ROWS, COLS = 1280, 1024
 SEED = 1000
@@ -80,7 +84,7 @@ class Study:
 def make_study(folder: Path, index: int) -> Study:
     """Both breasts CC + MLO, SEG over the left breast's two views (2 ROIs); SYNTHETIC."""
     rng = np.random.default_rng([SEED, index])
-    uid = lambda role: synthetic_uid(SEED, index, role)  # noqa: E731
+    uid = functools.partial(synthetic_uid, SEED, index)
     study_uid, series_uid = uid("study"), uid("series")
     images, seg_sources, masks = [], [], []
     for number, lat in enumerate(("L", "R")):
@@ -179,16 +183,16 @@ def roi_count(sr: pydicom.Dataset) -> int:
 # The node, in either mode
 
 
-def config_text(workdir: Path, bundle: Path, dest_port: int, broker_url: str) -> str:
-    return (
-        f'[node]\nae_title = "MOLSUB"\nspool_dir = "{workdir / "spool"}"\n'
-        f'[model]\nbundle = "{bundle}"\ndevice = "cpu"\n[queue]\nbroker_url = "{broker_url}"\n'
-        f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\n'
-        f"port = {dest_port}\n"
+def node_config(workdir: Path, bundle: Path, dest_port: int, broker_url: str) -> NodeConfig:
+    return NodeConfig(
+        node=NodeSettings(ae_title="MOLSUB", spool_dir=workdir / "spool"),
+        model=ModelSettings(bundle=bundle, device="cpu"),
+        queue=QueueSettings(broker_url=broker_url),
+        destinations=(Destination("pacs", ae_title="PACS", host="127.0.0.1", port=dest_port),),
     )
 
 
-def start_node(
+def start_mode(
     stack: contextlib.ExitStack, mode: str, bundle: Path, tmp: Path
 ) -> Callable[[Study], float]:
     """Start storescp and the node for ``mode``; returns send(study) -> latency in seconds."""
@@ -198,20 +202,19 @@ def start_node(
     pacs = Pacs(workdir / "pacs", log_path)
     stack.callback(stop_process, pacs.proc)
     broker = stack.enter_context(redis_server(workdir / "redis")) if mode == "redis" else ""
-    config = workdir / "node.toml"
-    config.write_text(config_text(workdir, bundle, pacs.port, broker))
-    molsub = [sys.executable, "-m", "molsub.cli"]
-    serve = [*molsub, "serve", "--config", str(config), "--port", "0"]
-    with log_path.open("ab") as log:
-        if mode == "redis":
-            serve.append("--no-workers")
+    config = write_config(node_config(workdir, bundle, pacs.port, broker), workdir / "node.toml")
+    serve_args: list[str] = []
+    if mode == "redis":
+        serve_args.append("--no-workers")
+        with log_path.open("ab") as log:
             for queues in ("prepare,deliver", "infer"):
-                cmd = [*molsub, "worker", "--config", str(config), "--queues", queues]
+                cmd = [*MOLSUB, "worker", "--config", str(config), "--queues", queues]
                 worker = subprocess.Popen(cmd, stdout=log, stderr=log)
                 stack.callback(stop_process, worker, 90)
-        node = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=log, text=True)
+    node, listening = start_node(config, log_path, *serve_args, timeout_s=START_TIMEOUT_S)
     stack.callback(stop_process, node, 120)  # warm shutdown: its local workers stop first
-    port = listening_port(node, START_TIMEOUT_S)
+    threading.Thread(target=node.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+    port = listening.port
     first = [True]
 
     def send(study: Study) -> float:
@@ -229,31 +232,20 @@ def start_node(
     return send
 
 
-def listening_port(node: subprocess.Popen[str], timeout_s: float) -> int:
-    """The port from the node's listening line; stdout is drained afterwards."""
-    port = wait_until_listening(node, timeout_s).port
-    threading.Thread(target=node.stdout.read, daemon=True).start()  # type: ignore[union-attr]
-    return port
-
-
 # --------------------------------------------------------------------------------------------
 # The reference: the same stages in this process
 
 
 def in_process_runner(bundle: Path) -> Callable[[Study], float]:
     """Load the model once; returns run(study) -> seconds for read + prepare + infer + build."""
-    loaded = load_bundle(bundle, device="cpu")
-    predictor = Predictor.from_bundle(loaded, device="cpu")
-    info = loaded.info
+    pipeline = Pipeline(BundleModel(bundle, "cpu"))
+    pipeline.model.predictor()  # loaded before the clock runs, as a warm worker has it
 
     def run(study: Study) -> float:
         t0 = time.perf_counter()
         seg = pydicom.dcmread(study.seg)
         mgs = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, study.images)}
-        unit = prepare(
-            seg, mgs, profile=info.profile, bound_size=info.bound_size, input_size=info.input_size
-        )
-        results = build_results(unit.seg, unit.sources, unit.rois, infer(unit, predictor), info)
+        results = pipeline.run(seg, mgs).results
         elapsed = time.perf_counter() - t0
         if len(results.secondary_captures) != 2:
             raise RuntimeError(f"expected 2 ROIs, got {len(results.secondary_captures)}")
@@ -295,7 +287,7 @@ def main() -> int:
         )
         paths: dict[str, Callable[[Study], float]] = {"in-process": in_process_runner(bundle)}
         for mode in modes:
-            paths[mode] = start_node(stack, mode, bundle, tmp)
+            paths[mode] = start_mode(stack, mode, bundle, tmp)
         times: dict[str, list[float]] = {label: [] for label in paths}
         labels = list(paths)
         for i, study in enumerate(studies):

@@ -135,7 +135,11 @@ def gradcam_pass(predictor: Predictor, inputs: np.ndarray, targets: np.ndarray) 
 
 
 def stock_gradcam_pass(
-    network: nn.Module, inputs: np.ndarray, targets: np.ndarray, batch_size: int, device
+    network: nn.Module,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    batch_size: int,
+    device: torch.device,
 ) -> np.ndarray:
     """pytorch-grad-cam as documented: full graph including weight gradients."""
     maps = []

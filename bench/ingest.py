@@ -48,12 +48,9 @@ from typing import IO
 import numpy as np
 import pydicom
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/ is not installed; its process helpers are shared
-
-from molsub.node import wait_until_listening  # noqa: E402
-from molsub.synth import build_mg, synthetic_uid  # noqa: E402
-from tests.redis_server import free_port, stop_process  # noqa: E402
+from common.settings import NodeConfig, NodeSettings
+from molsub.launch import free_port, start_node, stop_process, write_config
+from molsub.synth import build_mg, synthetic_uid
 
 ROWS, COLS = 4096, 3328
 SCU_AET = "BENCHSCU"
@@ -236,39 +233,19 @@ def start_storescp(out_dir: Path, log_path: Path, *, synced: bool) -> Receiver:
     return Receiver(proc, port, REF_AET, lambda: sorted(p for p in out_dir.iterdir()))
 
 
-def write_node_config(folder: Path, spool: Path) -> Path:
-    config = folder / "node.toml"
-    config.write_text(
-        "# bench/ingest.py: SCP only, embedded broker, no destinations; --port 0 picks the port\n"
-        f'[node]\nae_title = "{NODE_AET}"\nhost = "127.0.0.1"\nport = 11112\n'
-        f'spool_dir = "{spool}"\n[queue]\nbroker_url = ""\n'
-    )
-    return config
-
-
-def node_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "molsub.cli", "serve", "--config", str(config)]
-
-
-def start_node(out_dir: Path, log_path: Path) -> Receiver:
-    """`molsub serve --no-workers` on a fresh spool in ``out_dir``."""
+def start_node_receiver(out_dir: Path, log_path: Path) -> Receiver:
+    """`molsub serve --no-workers` on a fresh spool in ``out_dir``: SCP only, embedded broker,
+    no destinations; the real port comes from the node's listening line."""
     spool = out_dir / "spool"
     tmpdir = out_dir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    config = write_node_config(out_dir, spool)
-    cmd = [*node_command(config), "--no-workers", "--port", "0"]
-    with log_path.open("a") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=node_env(tmpdir)
-        )
-    try:
-        # The real port, as --port 0 asked for any free one.
-        port = wait_until_listening(proc, START_TIMEOUT_S).port
-    except BaseException:
-        stop(proc)
-        raise
+    config = NodeConfig(node=NodeSettings(ae_title=NODE_AET, spool_dir=spool))
+    config_path = write_config(config, out_dir / "node.toml")
+    proc, listening = start_node(
+        config_path, log_path, "--no-workers", env=node_env(tmpdir), timeout_s=START_TIMEOUT_S
+    )
     studies = spool / "studies"
-    return Receiver(proc, port, NODE_AET, lambda: sorted(studies.glob("*/*.dcm")))
+    return Receiver(proc, listening.port, NODE_AET, lambda: sorted(studies.glob("*/*.dcm")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +313,7 @@ def count_node_fsyncs(
         return None
     run_dir.mkdir(parents=True)
     trace = run_dir.parent / "node-strace.txt"
-    receiver = start_node(run_dir, run_dir.parent / "node-strace.log")
+    receiver = start_node_receiver(run_dir, run_dir.parent / "node-strace.log")
     tracer: subprocess.Popen[str] | None = None
     try:
         tracer = subprocess.Popen(
@@ -413,7 +390,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     os.sync()
     targets = [
         Target("storescp", "no", lambda d, log: start_storescp(d, log, synced=False)),
-        Target("node", "yes", lambda d, log: start_node(d, log)),
+        Target("node", "yes", lambda d, log: start_node_receiver(d, log)),
     ]
     if not args.no_synced_reference:
         targets.append(

@@ -17,9 +17,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
-from model.errors import InputError
+from common.errors import InputError
 from model.network import DEFAULT_GRADCAM_LAYER
-from model.preprocess.crop import resize_square
+from model.preprocess.resize import resize_square
 from model.preprocess.rois import MAX_DISPLAY_SIDE
 from model.roi import RoiCrop, RoiPrediction
 

@@ -15,27 +15,21 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
+from common.errors import BundleError
 from model import network
-from model.bundle import BundleInfo, sha256_file, write_bundle
-from model.errors import BundleError
+from model.bundle import write_bundle
+from model.bundle_info import BundleInfo, sha256_file
 from model.network import DenseNet121CBAM
+from model.profiles import Profile
 from model.tasks import TASKS
 
 REFERENCE_VERSION = "1.1.0"  # __version__ of the authors' code that made the checkpoints
 SOURCE_REPOSITORY = "https://github.com/LemonWei111/molsub"
-
-# Their published file names, for users matching files to tasks.
-REFERENCE_FILE_NAMES: dict[str, str] = {
-    "subtype5": "prefered_model_for_ms.pth",
-    "luminal": "prefered_model_for_l.pth",
-    "tn": "prefered_model_for_tn.pth",
-    "her2": "prefered_model_for_HER2.pth",
-}
 
 # Our class index i is their output index THEIR_INDEX_FOR_OURS[task][i].
 THEIR_INDEX_FOR_OURS: dict[str, tuple[int, ...]] = {
@@ -88,7 +82,7 @@ _TORCHVISION_DENSENET = ("DenseNet", "_DenseBlock", "_DenseLayer", "_Transition"
 class RestrictedUnpickler(pickle.Unpickler):
     """Resolves only ``ALLOWED_GLOBALS`` and torchvision's DenseNet classes."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> object:
         allowed = ALLOWED_GLOBALS.get((module, name))
         if allowed is not None:
             return allowed
@@ -102,7 +96,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def _restricted_load(file: Any, **kwargs: Any) -> Any:
+def _restricted_load(file: IO[bytes], **kwargs: object) -> object:
     return RestrictedUnpickler(file, **kwargs).load()
 
 
@@ -204,7 +198,7 @@ def import_reference(
         networks,
         name=name,
         version=version,
-        profile="reference",
+        profile=Profile.REFERENCE,
         untrained=False,
         provenance=provenance,
         overwrite=overwrite,
@@ -238,7 +232,6 @@ def _strip_data_parallel(key: str) -> str:
 
 __all__ = [
     "ALLOWED_GLOBALS",
-    "REFERENCE_FILE_NAMES",
     "RestrictedUnpickler",
     "THEIR_INDEX_FOR_OURS",
     "convert_reference",

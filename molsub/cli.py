@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.errors import BundleError, InputError
+from common.units import UnitState
+
 log = logging.getLogger("molsub")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -75,7 +78,7 @@ def _cmd_model_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_info(args: argparse.Namespace) -> int:
-    from model.bundle import read_bundle_info
+    from model.bundle_info import read_bundle_info
 
     info = read_bundle_info(args.bundle)
     print(f"bundle      {args.bundle}")
@@ -102,10 +105,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from molsub.config import load_node_config
-    from molsub.node import worker
+    from worker.queue.app import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    return worker(load_node_config(args.config), queues)
+    run_worker(load_node_config(args.config), queues)
+    return EXIT_OK
 
 
 def _cmd_units(args: argparse.Namespace) -> int:
@@ -119,8 +123,8 @@ def _cmd_units(args: argparse.Namespace) -> int:
 
 def _cmd_resend(args: argparse.Namespace) -> int:
     from molsub.config import load_node_config
-    from worker.delivery import resend
-    from worker.result_store import ResultNotFound
+    from worker.delivery.send import resend
+    from worker.delivery.store import DestinationState, ResultNotFound
 
     config = load_node_config(args.config)
     try:
@@ -130,7 +134,8 @@ def _cmd_resend(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for name, state in outcome.items():
         print(f"{name}: {state}")
-    return EXIT_OK if all(state == "sent" for state in outcome.values()) else EXIT_FAILED
+    sent = all(state == DestinationState.SENT for state in outcome.values())
+    return EXIT_OK if sent else EXIT_FAILED
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -186,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None)
     p.add_argument(
         "--state",
+        type=UnitState,
+        choices=list(UnitState),
         default=None,
-        help="only units in this state (waiting, ready, enqueued, timed_out, ...)",
+        help="only units in this state",
     )
     p.set_defaults(func=_cmd_units)
 
@@ -225,8 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_model_init)
 
     p = model.add_parser("import-reference", help="import the authors' published checkpoints")
-    for task in ("luminal", "her2", "tn", "subtype5"):
-        p.add_argument(f"--{task}", type=Path, required=True)
+    # The authors' published file name for each task's checkpoint.
+    for task, published in (
+        ("luminal", "prefered_model_for_l.pth"),
+        ("her2", "prefered_model_for_HER2.pth"),
+        ("tn", "prefered_model_for_tn.pth"),
+        ("subtype5", "prefered_model_for_ms.pth"),
+    ):
+        p.add_argument(f"--{task}", type=Path, required=True, help=f"their {published}")
     p.add_argument("--name", default="luo2025-reference")
     p.add_argument("--version", default=None, help="default: the authors' release")
     p.add_argument("out", type=Path)
@@ -246,7 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
-    from model.errors import BundleError, InputError
     from molsub.config import ConfigError
 
     try:

@@ -12,102 +12,31 @@ Relative paths in a node.toml are taken relative to that file's folder.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from common.settings import (
+    Destination,
+    ModelSettings,
+    NodeConfig,
+    NodeSettings,
+    QueueSettings,
+)
 
 ENV_PREFIX = "MOLSUB_"
 CONFIG_FILE_ENV = "MOLSUB_CONFIG"  # names the node.toml when no --config is given
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A setting is missing, unknown or invalid; the message names the key and why."""
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    ae_title: str = "MOLSUB"
-    host: str = "127.0.0.1"  # loopback by default: opening the node to the LAN is a decision
-    port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
-    spool_dir: Path = Path("spool")
-    study_timeout_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    bundle: Path | None = None
-    device: str | None = None  # None: cuda if available, else cpu
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    broker_url: str = ""  # empty: the embedded broker, no server needed
-    visibility_timeout_s: int = 7200
-    delivery_max_retries: int = 8
-    delivery_retry_base_s: float = 10.0
-    delivery_retry_max_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where results go: a DICOM AE (ae_title, host, port) or a folder (demos, debugging)."""
-
-    name: str
-    ae_title: str | None = None
-    host: str | None = None
-    port: int | None = None
-    folder: Path | None = None
-
-    @property
-    def is_folder(self) -> bool:
-        return self.folder is not None
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    node: NodeSettings = field(default_factory=NodeSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    queue: QueueSettings = field(default_factory=QueueSettings)
-    destinations: tuple[Destination, ...] = ()
-    source: Path | None = None  # the node.toml read, None for built-in defaults
-
-    def describe(self) -> str:
-        """What this node would do, in words (``molsub serve --check``)."""
-        n, q = self.node, self.queue
-        callers = ", ".join(n.allowed_calling_aets) if n.allowed_calling_aets else "any AE title"
-        lines = [
-            f"config: {self.source if self.source else 'built-in defaults'}",
-            f"listen: AE title {n.ae_title!r} on {n.host}:{n.port}"
-            + ("  (loopback only)" if n.host in ("127.0.0.1", "localhost", "::1") else ""),
-            f"accept associations from: {callers}",
-            "accept: MG For Presentation, MG For Processing, Segmentation; other SOP classes "
-            "refused",
-            f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
-            f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
-            f"model bundle: {self.model.bundle if self.model.bundle else '(not set)'}"
-            + (f", device {self.model.device}" if self.model.device else ""),
-            "queue: "
-            + (_redact_url(q.broker_url) if q.broker_url else "embedded (filesystem, one host)")
-            + f"; visibility timeout {q.visibility_timeout_s} s; delivery retries "
-            f"{q.delivery_max_retries} (backoff {q.delivery_retry_base_s:g}..."
-            f"{q.delivery_retry_max_s:g} s)",
-        ]
-        if not self.destinations:
-            lines.append("destinations: none (results are recorded in the spool only)")
-        for dest in self.destinations:
-            where = (
-                f"folder {dest.folder}"
-                if dest.is_folder
-                else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}"
-            )
-            lines.append(f"destination {dest.name!r}: {where}")
-        return "\n".join(lines)
 
 
 _SECTIONS: dict[str, type] = {
@@ -120,7 +49,7 @@ _SECTIONS: dict[str, type] = {
 def load_node_config(path: str | Path | None = None) -> NodeConfig:
     """``path`` (--config), else the file $MOLSUB_CONFIG names, else built-in defaults.
 
-    How every process of the node (serve, worker, units, resend, ``-A worker.celery_app``)
+    How every process of the node (serve, worker, units, resend, ``-A worker.queue.app``)
     finds its config; the environment overrides apply in every case.
     """
     return load_config(path or os.environ.get(CONFIG_FILE_ENV) or None)
@@ -164,8 +93,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
 
 
 def _build_section(
-    section: str, cls: type, values: Any, env: Mapping[str, str], base_dir: Path
-) -> Any:
+    section: str, cls: type[T], values: object, env: Mapping[str, str], base_dir: Path
+) -> T:
     if not isinstance(values, dict):
         raise ConfigError(f"[{section}] must be a table, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -188,7 +117,7 @@ def _build_section(
     return cls(**kwargs)
 
 
-def _convert(value: Any, hint: Any, label: str) -> Any:
+def _convert(value: object, hint: object, label: str) -> object:
     """``value`` (TOML value or environment string) as the field's type, or a ConfigError."""
     optional = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -238,7 +167,7 @@ def _convert(value: Any, hint: Any, label: str) -> Any:
     raise ConfigError(f"{label}: must be {wanted}, got {value!r}")
 
 
-def _build_destinations(values: Any, base_dir: Path) -> tuple[Destination, ...]:
+def _build_destinations(values: object, base_dir: Path) -> tuple[Destination, ...]:
     if not isinstance(values, list):
         raise ConfigError("[[destinations]] must be an array of tables")
     hints = typing.get_type_hints(Destination)
@@ -330,16 +259,40 @@ def _check_port(value: int, label: str) -> None:
         raise ConfigError(f"{label}: must be a TCP port 1..65535, got {value}")
 
 
-def _redact_url(url: str) -> str:
-    """A broker URL without its password (describe() output may end up in tickets)."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user + ':***' if ':' in creds else user}@{host}"
-    return url
+def to_toml(config: NodeConfig) -> str:
+    """The node.toml that ``load_config`` reads back as ``config`` (paths absolute).
+
+    How the demo, the tests and the benches write the config of a node they start.
+    """
+    lines = [f"# {_TOML_HEADER}"]
+    for name, section in (("node", config.node), ("model", config.model), ("queue", config.queue)):
+        lines.append(f"[{name}]")
+        lines += _toml_items(section)
+    for dest in config.destinations:
+        lines.append("[[destinations]]")
+        lines += _toml_items(dest)
+    return "\n".join(lines) + "\n"
 
 
-def with_node(config: NodeConfig, **changes: Any) -> NodeConfig:
-    """A copy with some [node] settings changed (tests, CLI flags)."""
-    return replace(config, node=replace(config.node, **changes))
+_TOML_HEADER = "written by molsub (molsub.config.to_toml)"
+
+
+def _toml_items(section: object) -> list[str]:
+    items = []
+    for f in fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        if value is not None:
+            items.append(f"{f.name} = {_toml_value(value)}")
+    return items
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        return json.dumps(str(value.resolve()))
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's

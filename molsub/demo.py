@@ -9,19 +9,24 @@ results in a folder destination and shows them: the SR summary and the heatmaps 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
-from molsub.node import wait_until_listening
+from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings
+from common.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from molsub.launch import running_node, write_config
+
+if TYPE_CHECKING:
+    from molsub.synth import SynthStudy
 
 DEMO_TIMEOUT_S = 600
 
 
-def _prepare(workdir: Path):  # noqa: ANN202 - (study, bundle info, bundle dir)
-    from model.bundle import init_untrained, read_bundle_info
+def _prepare(workdir: Path) -> tuple[SynthStudy, Path]:
+    """The SYNTHETIC study and the UNTRAINED bundle the demo uses."""
+    from model.bundle import init_untrained
+    from model.bundle_info import read_bundle_info
     from molsub.synth import write_synthetic_studies
 
     bundle_dir = workdir / "bundle"
@@ -48,32 +53,13 @@ def run_offline(workdir: Path) -> int:
     return 1 if report.failures or not report.units else 0
 
 
-def write_demo_config(workdir: Path, bundle_dir: Path) -> Path:
-    path = workdir / "node.toml"
-    path.write_text(
-        "# written by `molsub demo`: embedded broker, results to a folder\n"
-        '[node]\nae_title = "MOLSUB"\nhost = "127.0.0.1"\nport = 11112\n'
-        f'spool_dir = "{(workdir / "spool").resolve()}"\nstudy_timeout_s = 600\n'
-        f'[model]\nbundle = "{bundle_dir.resolve()}"\ndevice = "cpu"\n'
-        '[queue]\nbroker_url = ""\n'
-        f'[[destinations]]\nname = "demo-folder"\nfolder = "{(workdir / "received").resolve()}"\n'
+def demo_config(workdir: Path, bundle_dir: Path) -> NodeConfig:
+    """Embedded broker, the UNTRAINED bundle on the CPU, results to a folder."""
+    return NodeConfig(
+        node=NodeSettings(ae_title="MOLSUB", spool_dir=workdir / "spool"),
+        model=ModelSettings(bundle=bundle_dir, device="cpu"),
+        destinations=(Destination(name="demo-folder", folder=workdir / "received"),),
     )
-    return path
-
-
-def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int]:
-    """`molsub serve` on a free port; returns the process and the port it listens on.
-
-    The node's and its workers' logs go to ``log_path``; stdout carries the "listening" line.
-    """
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "molsub.cli", "serve", "--config", str(config), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    return proc, wait_until_listening(proc, DEMO_TIMEOUT_S).port
 
 
 def wait_for_results(folder: Path, timeout_s: float = DEMO_TIMEOUT_S) -> tuple[Path, list[Path]]:
@@ -105,9 +91,8 @@ def run_demo(workdir: Path, offline: bool = False) -> int:
     import pydicom
     from PIL import Image
 
-    from molsub.config import Destination
-    from worker.delivery import store_scu
-    from worker.results import summarize_sr
+    from worker.delivery.targets import store_scu
+    from worker.results.summary import summarize_sr
 
     workdir.mkdir(parents=True, exist_ok=True)
     # A fresh node every run: the study's UIDs are fixed (seed 0), so an old spool would take
@@ -115,9 +100,9 @@ def run_demo(workdir: Path, offline: bool = False) -> int:
     for leftover in (workdir / "spool", workdir / "received"):
         shutil.rmtree(leftover, ignore_errors=True)
     study, bundle_dir = _prepare(workdir)
-    config = write_demo_config(workdir, bundle_dir)
-    node, port = start_node(config, workdir / "node.log")
-    try:
+    config = write_config(demo_config(workdir, bundle_dir), workdir / "node.toml")
+    with running_node(config, workdir / "node.log", timeout_s=DEMO_TIMEOUT_S) as (_, listening):
+        port = listening.port
         print(
             f"node listening on 127.0.0.1:{port} (log: {workdir / 'node.log'}); "
             "sending the study by C-STORE"
@@ -133,7 +118,4 @@ def run_demo(workdir: Path, offline: bool = False) -> int:
             png = workdir / f"heatmap-{i:02d}.png"
             Image.fromarray(pydicom.dcmread(path).pixel_array).save(png)
             print(f"  SC          {path}\n  heatmap PNG {png}")
-    finally:
-        node.terminate()
-        node.wait(timeout=120)
     return 0

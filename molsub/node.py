@@ -18,15 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from molsub.config import NodeConfig, load_node_config, with_node
-
-if TYPE_CHECKING:
-    from scp.state import Unit
+from common.settings import NodeConfig
+from common.units import Unit
+from molsub.config import load_node_config
 
 log = logging.getLogger(__name__)
 
+# prepare and deliver share a process; infer has its own, so the model stays loaded in one.
 LOCAL_WORKER_QUEUES: tuple[tuple[str, ...], ...] = (("prepare", "deliver"), ("infer",))
 
 
@@ -78,7 +77,7 @@ def wait_until_listening(proc: subprocess.Popen[str], timeout_s: float) -> Liste
 
 def celery_enqueuer(config: NodeConfig) -> Callable[[Unit], None]:
     """The SCP's enqueue callback: each ready unit becomes a prepare -> infer -> deliver chain."""
-    from worker.celery_app import enqueue_unit, make_celery_app
+    from worker.queue.app import enqueue_unit, make_celery_app
 
     app = make_celery_app(config)
 
@@ -90,8 +89,8 @@ def celery_enqueuer(config: NodeConfig) -> Callable[[Unit], None]:
 
 def check(config: NodeConfig) -> list[str]:
     """Problems that would stop the node doing its job (empty list: ready to serve)."""
-    from model.bundle import read_bundle_info
-    from model.errors import BundleError
+    from common.errors import BundleError
+    from model.bundle_info import read_bundle_info
 
     problems = []
     if config.model.bundle is None:
@@ -147,29 +146,18 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: floa
             proc.wait()
 
 
-def serve(
-    config: NodeConfig,
-    *,
-    workers: bool = True,
-    port: int | None = None,
-    enqueue: Callable[[Unit], None] | None = None,
-) -> int:
-    """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers).
-
-    ``enqueue`` defaults to the node's Celery app; ``python -m scp --enqueue log`` passes one
-    that only logs.
-    """
+def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers)."""
     from scp.server import NodeSCP
 
     if port is not None:
-        config = with_node(config, port=port)
-    if enqueue is None:
-        enqueue = celery_enqueuer(config)
+        config = config.with_node(port=port)
+    enqueue = celery_enqueuer(config)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     processes = start_local_workers(config) if workers else []
-    scp = NodeSCP(config, enqueue)
+    scp = NodeSCP(config.node, enqueue)
     try:
         scp.start()
         # The line a supervisor or a test waits for; the real port when 0 was asked for.
@@ -182,13 +170,6 @@ def serve(
     finally:
         scp.stop()
         stop_processes(processes)
-    return 0
-
-
-def worker(config: NodeConfig, queues: Sequence[str]) -> int:
-    from worker.celery_app import run_worker
-
-    run_worker(config, queues)
     return 0
 
 

@@ -11,8 +11,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from model.errors import InputError
-from model.sop_classes import MG_SOP_CLASSES, SEGMENTATION
+from common.errors import InputError
+from common.sop_classes import MG_SOP_CLASSES, SEGMENTATION
+from worker.results.result_set import ResultSet
 
 log = logging.getLogger(__name__)
 
@@ -80,51 +81,41 @@ def predict_files(
     device: str = "cpu",
     write_png: bool = True,
 ) -> PredictReport:
-    """Run every SEG among ``paths`` through prepare -> infer -> results; write the objects."""
-    from model.bundle import load_bundle
-    from model.inference import Predictor
-    from worker.results import build_results, render_overlay, summarize_sr
-    from worker.stages import infer, prepare
+    """Run every SEG among ``paths`` through the node's pipeline; write the objects."""
+    from worker.pipeline import BundleModel, Pipeline
+    from worker.results.overlay import render_overlay
+    from worker.results.summary import summarize_sr
 
     report = PredictReport()
     segs, images = read_inputs(paths, report)
     if not segs:
         return report
-    bundle = load_bundle(bundle_dir, device=device)
-    predictor = Predictor.from_bundle(bundle, device=device)
-    info = bundle.info
+    pipeline = Pipeline(BundleModel(bundle_dir, device))
     for seg in segs:
         seg_uid = str(seg.SOPInstanceUID)
         try:
-            unit = prepare(
-                seg,
-                images,
-                profile=info.profile,
-                bound_size=info.bound_size,
-                input_size=info.input_size,
-            )
-            predictions = infer(unit, predictor)
-            results = build_results(unit.seg, unit.sources, unit.rois, predictions, info)
+            output = pipeline.run(seg, images)
         except InputError as exc:
             log.error("SEG %s not processed: %s", seg_uid, exc)
             report.failures.append(str(exc))
             continue
         target = out_dir / seg_uid
         target.mkdir(parents=True, exist_ok=True)
-        written = _write_objects(target, results)
+        written = _write_objects(target, output.results)
+        rois = output.unit.rois
         if write_png:
             from PIL import Image
 
-            for i, (roi, pred) in enumerate(zip(unit.rois, predictions, strict=True), start=1):
+            for i, (roi, pred) in enumerate(zip(rois, output.predictions, strict=True), start=1):
                 png = target / f"heatmap-{i:02d}.png"
-                Image.fromarray(render_overlay(roi, pred, info)).save(png)
+                Image.fromarray(render_overlay(roi, pred, output.info)).save(png)
                 written.append(png)
-        report.units.append(UnitResult(seg_uid, summarize_sr(results.sr), written))
-        log.info("SEG %s: %d ROI(s), %d objects written", seg_uid, len(unit.rois), len(written))
+        report.units.append(UnitResult(seg_uid, summarize_sr(output.results.sr), written))
+        log.info("SEG %s: %d ROI(s), %d objects written", seg_uid, len(rois), len(written))
     return report
 
 
-def _write_objects(target: Path, results) -> list[Path]:  # noqa: ANN001 - worker.results.ResultSet
+def _write_objects(target: Path, results: ResultSet) -> list[Path]:
     written = [target / "SR.dcm"]
     results.sr.save_as(written[0], enforce_file_format=True)
     for i, sc in enumerate(results.secondary_captures, start=1):

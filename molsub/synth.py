@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
-import hashlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +27,13 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from model.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING
+from common.mammo import View
+from common.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING
+from common.uids import hashed_uid
+from model.preprocess.resize import resize_bilinear
 from model.tasks import SUBTYPE5, SUBTYPE_TO_BINARY
 
-VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
-VIEWS = ("CC", "MLO")
+VIEWS = tuple(View)
 
 # Images per class in the paper (LumA, LumB, HER2+/HR+, HER2+/HR-, TN), for `balanced=False`.
 PAPER_CLASS_COUNTS = (200, 301, 107, 50, 104)
@@ -73,8 +75,7 @@ DETECTOR_HEIGHT_MM = 256.0
 
 def synthetic_uid(seed: int, patient_index: int, role: str) -> str:
     """A reproducible "2.25.<int>" UID for one object of one synthetic patient."""
-    digest = hashlib.sha256(f"molsub-synth/{seed}/{patient_index}/{role}".encode()).digest()
-    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+    return hashed_uid(f"molsub-synth/{seed}/{patient_index}/{role}")
 
 
 def build_mg(
@@ -142,7 +143,7 @@ def build_mg(
     ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
     ds.ViewPosition = view
     view_item = Dataset()
-    view_item.CodeValue, view_item.CodeMeaning = VIEW_CODES[view]
+    view_item.CodeValue, view_item.CodeMeaning = View(view).snomed
     view_item.CodingSchemeDesignator = "SCT"
     view_item.ViewModifierCodeSequence = []
     ds.ViewCodeSequence = [view_item]
@@ -548,28 +549,13 @@ def _power_law_noise(rng: np.random.Generator, shape: tuple[int, int], beta: flo
     return (noise - noise.mean()) / (noise.std() + 1e-6)
 
 
-def _resize(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize with numpy only (smooth noise fields need nothing better)."""
-
-    def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        lo = np.floor(pos).astype(np.intp)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    lo, hi, w = axis_weights(arr.shape[0], shape[0])
-    tmp = arr[lo] * (1 - w)[:, None] + arr[hi] * w[:, None]
-    lo, hi, w = axis_weights(arr.shape[1], shape[1])
-    return tmp[:, lo] * (1 - w) + tmp[:, hi] * w
-
-
 def _breast_image(
     rng: np.random.Generator, shape: _BreastShape, rows: int, cols: int, spacing: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Background, breast tissue with texture, skin line and (MLO) pectoral muscle."""
     small = (max(rows // 4, 8), max(cols // 4, 8))
-    density = _resize(_power_law_noise(rng, small, 3.2), (rows, cols))
-    texture = _resize(_power_law_noise(rng, (rows // 2, cols // 2), 2.0), (rows, cols))
+    density = resize_bilinear(_power_law_noise(rng, small, 3.2), (rows, cols))
+    texture = resize_bilinear(_power_law_noise(rng, (rows // 2, cols // 2), 2.0), (rows, cols))
     yy = ((np.arange(rows, dtype=np.float32) - shape.cy) / shape.ay)[:, None]
     xx = (np.arange(cols, dtype=np.float32) / shape.bx)[None, :]
     r = np.sqrt(yy**2 + xx**2)
@@ -783,7 +769,7 @@ def _write_patient(
     views = render_views(subtype, rng, laterality=laterality, rows=rows, cols=cols)
     number = f"{index + 1:04d}"
     patient_id = f"SYNTH-{number}"
-    uid = lambda role: synthetic_uid(seed, index, role)  # noqa: E731
+    uid = functools.partial(synthetic_uid, seed, index)
     study_uid, series_uid = uid("study"), uid("mg-series")
     when = datetime.datetime(2026, 1, 1, 9, 0) + datetime.timedelta(
         days=int(rng.integers(0, 365)), minutes=int(rng.integers(0, 480))

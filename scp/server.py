@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any
 
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
-from model.errors import InputError
-from molsub.config import NodeConfig
+from common.errors import InputError
+from common.settings import NodeSettings
 from scp.dispatcher import Dispatcher, EnqueueFn
 from scp.spool import ACCEPTED_SOP_CLASSES, Spool
 from scp.state import StateDB
@@ -26,19 +27,19 @@ log = logging.getLogger(__name__)
 
 # REFERENCE.md s.3: what mammography devices and PACS send.
 TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLossless,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+    uid.RLELossless,
 )
 
 STATUS_SUCCESS = 0x0000
@@ -49,14 +50,14 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 class NodeSCP:
     """The receiving side of the node: AE + spool + state database + dispatcher thread."""
 
-    def __init__(self, config: NodeConfig, enqueue: EnqueueFn, *, poll_s: float = 1.0) -> None:
-        self.config = config
-        self.spool = Spool(config.node.spool_dir)
+    def __init__(self, settings: NodeSettings, enqueue: EnqueueFn, *, poll_s: float = 1.0) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.spool_dir)
         self._enqueue = enqueue
         self._poll_s = poll_s
         self.db: StateDB | None = None
         self.dispatcher: Dispatcher | None = None
-        self._server: Any = None
+        self._server: ThreadedAssociationServer | None = None
         self._chunked_before = False
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -65,9 +66,9 @@ class NodeSCP:
         """Open the spool, re-offer ready units, and listen (returns once listening)."""
         if self._server is not None:
             raise RuntimeError("NodeSCP already started")
-        node = self.config.node
+        node = self.settings
         self.spool.clear_temporary()
-        self.db = StateDB(self.spool.state_db_path, self.spool.root)
+        self.db = StateDB(self.spool.layout.state_db, self.spool.root)
         self.dispatcher = Dispatcher(self.db, self._enqueue, node.study_timeout_s, self._poll_s)
         # Module-level pynetdicom switch: received datasets go to a file, not memory.
         self._chunked_before = _config.STORE_RECV_CHUNKED_DATASET
@@ -121,7 +122,7 @@ class NodeSCP:
     def port(self) -> int:
         """The port listened on (the real one when the config asked for port 0)."""
         if self._server is None:
-            return self.config.node.port
+            return self.settings.port
         return int(self._server.server_address[1])
 
     # -- C-STORE -------------------------------------------------------------------------------

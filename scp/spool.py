@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,23 +19,18 @@ from typing import BinaryIO
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from model.durable import fsync_directory
-from model.errors import InputError
-from model.seg_refs import referenced_image_uids
-from model.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION
+from common.durable import fsync_directory
+from common.errors import InputError
+from common.seg_refs import referenced_image_uids
+from common.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION
+from common.spool_layout import SpoolLayout
+from common.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION)
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _COPY_CHUNK = 1 << 20
-STATE_DB_NAME = "state.sqlite3"
-
-
-def is_valid_uid(value: object) -> bool:
-    """A DICOM UID (digits and dots, at most 64 characters): also safe as a file name."""
-    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
 
 
 @dataclass(frozen=True)
@@ -89,15 +83,12 @@ class Spool:
     """The spool folder: durable placement of received objects and where the state lives."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).resolve()
-        self.studies_dir = self.root / "studies"
-        self.tmp_dir = self.root / "tmp"
+        self.layout = SpoolLayout.at(root)
+        self.root = self.layout.root
+        self.studies_dir = self.layout.studies
+        self.tmp_dir = self.layout.tmp
         for folder in (self.root, self.studies_dir, self.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def state_db_path(self) -> Path:
-        return self.root / STATE_DB_NAME
 
     def clear_temporary(self) -> int:
         """Remove leftovers of writes interrupted by a crash; returns how many."""

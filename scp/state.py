@@ -17,20 +17,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from scp.spool import STATE_DB_NAME, ObjectInfo
+from common.spool_layout import SpoolLayout
+from common.units import Unit, UnitState
+from scp.spool import ObjectInfo
 
-WAITING, READY, ENQUEUED, TIMED_OUT, FAILED, DONE = (
-    "waiting",
-    "ready",
-    "enqueued",
-    "timed_out",
-    "failed",
-    "done",
+WAITING, READY, ENQUEUED, TIMED_OUT = (
+    UnitState.WAITING,
+    UnitState.READY,
+    UnitState.ENQUEUED,
+    UnitState.TIMED_OUT,
 )
-UNIT_STATES = (WAITING, READY, ENQUEUED, TIMED_OUT, FAILED, DONE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -59,24 +57,6 @@ CREATE TABLE IF NOT EXISTS unit_refs (
 CREATE INDEX IF NOT EXISTS unit_refs_by_sop ON unit_refs(sop_uid);
 CREATE INDEX IF NOT EXISTS units_by_state ON units(state);
 """
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One unit of work: a SEG and the MG images it references, with where they are stored."""
-
-    unit_id: str
-    seg_uid: str
-    study_uid: str
-    referenced_uids: tuple[str, ...]
-    state: str
-    created_at: float
-    updated_at: float
-    last_received_at: float
-    detail: str
-    seg_path: Path | None
-    image_paths: tuple[Path, ...]  # the referenced images received so far, in reference order
-    missing_uids: tuple[str, ...]  # the referenced images not received (yet)
 
 
 class StateDB:
@@ -216,19 +196,25 @@ class StateDB:
         return self._move(unit_id, READY, ENQUEUED, "", now)
 
     def set_state(
-        self, unit_id: str, state: str, detail: str = "", now: float | None = None
+        self, unit_id: str, state: UnitState, detail: str = "", now: float | None = None
     ) -> bool:
         """Set a unit's state (the worker side: done / failed); False for an unknown unit."""
-        if state not in UNIT_STATES:
-            raise ValueError(f"unknown unit state {state!r}; known: {', '.join(UNIT_STATES)}")
-        return self._move(unit_id, None, state, detail, now)
+        if state not in set(UnitState):
+            known = ", ".join(UnitState)
+            raise ValueError(f"unknown unit state {state!r}; known: {known}")
+        return self._move(unit_id, None, UnitState(state), detail, now)
 
     def _move(
-        self, unit_id: str, from_state: str | None, to_state: str, detail: str, now: float | None
+        self,
+        unit_id: str,
+        from_state: UnitState | None,
+        to_state: UnitState,
+        detail: str,
+        now: float | None,
     ) -> bool:
         now = time.time() if now is None else now
         sql = "UPDATE units SET state = ?, detail = ?, updated_at = ? WHERE unit_id = ?"
-        args: tuple = (to_state, detail, now, unit_id)
+        args: tuple[object, ...] = (to_state, detail, now, unit_id)
         if from_state is not None:
             sql += " AND state = ?"
             args += (from_state,)
@@ -242,7 +228,7 @@ class StateDB:
             row = self._conn.execute("SELECT * FROM units WHERE unit_id = ?", (unit_id,)).fetchone()
             return self._unit(row) if row else None
 
-    def list_units(self, state: str | None = None) -> list[Unit]:
+    def list_units(self, state: UnitState | None = None) -> list[Unit]:
         """Units (all, or in one state), oldest first: the ``unit status`` listing."""
         sql, args = "SELECT * FROM units", ()
         if state is not None:
@@ -253,13 +239,6 @@ class StateDB:
 
     def ready_units(self) -> list[Unit]:
         return self.list_units(READY)
-
-    def instance_path(self, sop_uid: str) -> Path | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,)
-            ).fetchone()
-        return self.root / row["path"] if row else None
 
     def count_instances(self) -> int:
         with self._lock:
@@ -283,7 +262,7 @@ class StateDB:
             seg_uid=row["seg_uid"],
             study_uid=row["study_uid"],
             referenced_uids=refs,
-            state=row["state"],
+            state=UnitState(row["state"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             last_received_at=row["last_received_at"],
@@ -313,9 +292,9 @@ def format_units(units: list[Unit]) -> str:
     return "\n".join(lines)
 
 
-def unit_status(spool_dir: str | Path, state: str | None = None) -> list[Unit]:
+def unit_status(spool_dir: str | Path, state: UnitState | None = None) -> list[Unit]:
     """The units of a spool, read without a running node (``molsub`` CLI)."""
-    db_path = Path(spool_dir) / STATE_DB_NAME
+    db_path = SpoolLayout.at(spool_dir).state_db
     if not db_path.exists():
         return []
     db = StateDB(db_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 
-from tests.redis_server import free_port, wait_for
+from molsub.launch import free_port, wait_for
 
 __all__ = ["SCU_AET", "echoscu", "free_port", "received_uids", "start_storescp", "storescu"]
 

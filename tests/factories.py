@@ -15,19 +15,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from molsub.synth import (
-    MG_FOR_PRESENTATION,
-    MG_FOR_PROCESSING,
-    VIEW_CODES,
-    build_lesion_seg,
-    build_mg,
-)
+from common.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING
+from molsub.synth import build_lesion_seg, build_mg
 
 __all__ = [
     "HTJ2K_CODESTREAM",
     "MG_FOR_PRESENTATION",
     "MG_FOR_PROCESSING",
-    "VIEW_CODES",
     "disk_mask",
     "htj2k_expected_pixels",
     "make_htj2k_mg",

@@ -13,14 +13,9 @@ import pytest
 import torch
 from pydicom.uid import UID
 
-from model.bundle import (
-    BundleInfo,
-    init_untrained,
-    load_bundle,
-    read_bundle_info,
-    write_bundle,
-)
-from model.errors import BundleError
+from common.errors import BundleError
+from model.bundle import init_untrained, load_bundle, write_bundle
+from model.bundle_info import BundleInfo, read_bundle_info
 from model.network import build_densenet121_cbam
 from model.tasks import TASK_NAMES, TASKS
 

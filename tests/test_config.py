@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from molsub.config import ConfigError, NodeConfig, load_config
+from common.settings import NodeConfig
+from molsub.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
@@ -13,21 +14,22 @@ from pynetdicom.sop_class import (
     SegmentationStorage,
 )
 
-from molsub.config import Destination, NodeConfig, NodeSettings
+from common.settings import Destination, NodeConfig, NodeSettings
+from molsub.launch import free_port, stop_process
 from tests import worker_standins as standins
 from tests.dicom_peers import received_uids, start_storescp
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
-from tests.redis_server import free_port, stop_process
-from worker.delivery import DeliveryError, deliver_recorded, resend, store_scu, write_to_folder
-from worker.result_store import FAILED, PENDING, SENT, ResultNotFound, ResultStore
+from worker.delivery.send import deliver_recorded, resend
+from worker.delivery.store import DestinationState, ResultNotFound, ResultStore
+from worker.delivery.targets import DeliveryError, store_scu, write_to_folder
 
 
-def _objects(seed: int = 0, digest_name: str = "standin"):  # noqa: ANN202
+def _objects(seed: int = 0, digest_name: str = "standin") -> list[Dataset]:
     cc = make_mg(seed=seed)
     seg = roundtrip(make_seg([cc], [disk_mask((256, 200), (90, 90), 15)]))
     unit = standins.prepare_unit(seg, {str(cc.SOPInstanceUID): cc}, standins.bundle_info())
     predictions = standins.StandinPredictor().predict(unit.rois)
-    return standins.build_objects(unit, predictions, standins.bundle_info())
+    return standins.build_objects(unit, predictions, standins.bundle_info()).all()
 
 
 def test_store_records_and_keeps_sent_state(tmp_path: Path) -> None:
@@ -37,18 +39,18 @@ def test_store_records_and_keeps_sent_state(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths) == sorted(f"{o.SOPInstanceUID}.dcm" for o in objects)
     assert pydicom.dcmread(paths[0]).SOPInstanceUID == objects[0].SOPInstanceUID
     status = store.status("u1")
-    assert {d["state"] for d in status["destinations"].values()} == {PENDING}
-    store.update_destination("u1", "pacs", SENT)
+    assert {d["state"] for d in status["destinations"].values()} == {DestinationState.PENDING}
+    store.update_destination("u1", "pacs", DestinationState.SENT)
     store.record("u1", objects, ["pacs", "archive"])  # same objects again (a re-enqueue)
-    assert store.status("u1")["destinations"]["pacs"]["state"] == SENT
+    assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.SENT
     other = _objects(seed=5)
     store.record("u1", other, ["pacs", "archive"])  # other objects replace the old ones
-    assert store.status("u1")["destinations"]["pacs"]["state"] == PENDING
+    assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.PENDING
     assert {p.name for p in store.object_paths("u1")} == {f"{o.SOPInstanceUID}.dcm" for o in other}
     assert len(list((tmp_path / "results" / "u1").glob("*.dcm"))) == len(other)
     store.mark_failed("u1", ["pacs"])
-    assert store.status("u1")["destinations"]["pacs"]["state"] == FAILED
-    assert [u["unit_id"] for u in store.units()] == ["u1"]
+    assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.FAILED
+    assert store.status("u1")["unit_id"] == "u1"
     assert not list((tmp_path / "results" / "u1").glob(".tmp-*"))
 
 
@@ -76,7 +78,7 @@ def test_cstore_to_storescp_and_folder(tmp_path: Path) -> None:
             Destination("folder", folder=tmp_path / "out"),
         ]
         outcome = deliver_recorded(store, "u1", destinations, calling_ae="MOLSUB")
-        assert outcome == {"pacs": SENT, "folder": SENT}
+        assert outcome == {"pacs": DestinationState.SENT, "folder": DestinationState.SENT}
         want = {str(o.SOPInstanceUID) for o in objects}
         assert received_uids(tmp_path / "received") == want
         assert {str(pydicom.dcmread(p).SOPClassUID) for p in (tmp_path / "received").iterdir()} == {
@@ -101,17 +103,17 @@ def test_down_destination_stays_pending_then_resend(tmp_path: Path) -> None:
     objects = _objects()
     store.record("u1", objects, ["pacs"])
     outcome = deliver_recorded(store, "u1", config.destinations, calling_ae="MOLSUB")
-    assert outcome == {"pacs": PENDING}
+    assert outcome == {"pacs": DestinationState.PENDING}
     entry = store.status("u1")["destinations"]["pacs"]
-    assert entry["state"] == PENDING and entry["attempts"] == 1
+    assert entry["state"] == DestinationState.PENDING and entry["attempts"] == 1
     assert f"DEST@127.0.0.1:{port}" in entry["error"]
-    assert resend("u1", config) == {"pacs": FAILED}
-    assert store.status("u1")["destinations"]["pacs"]["state"] == FAILED
+    assert resend("u1", config) == {"pacs": DestinationState.FAILED}
+    assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.FAILED
     proc = start_storescp(tmp_path / "received", port)
     try:
-        assert resend("u1", config) == {"pacs": SENT}
+        assert resend("u1", config) == {"pacs": DestinationState.SENT}
         assert received_uids(tmp_path / "received") == {str(o.SOPInstanceUID) for o in objects}
-        assert store.status("u1")["destinations"]["pacs"]["state"] == SENT
+        assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.SENT
     finally:
         stop_process(proc)
     with pytest.raises(ResultNotFound):
@@ -132,7 +134,9 @@ def test_refused_store_is_an_error_naming_the_destination(tmp_path: Path) -> Non
         dest = Destination("refuser", ae_title="REFUSER", host="127.0.0.1", port=port)
         with pytest.raises(DeliveryError, match="refuser.*status 0xA700"):
             store_scu(dest, store.object_paths("u1"), calling_ae="MOLSUB")
-        assert deliver_recorded(store, "u1", [dest], calling_ae="MOLSUB") == {"refuser": PENDING}
+        assert deliver_recorded(store, "u1", [dest], calling_ae="MOLSUB") == {
+            "refuser": DestinationState.PENDING
+        }
         assert "0xA700" in store.status("u1")["destinations"]["refuser"]["error"]
     finally:
         server.shutdown()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from model.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
+from common.sop_classes import COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE
 
 DEMO_TIMEOUT_S = 600
 

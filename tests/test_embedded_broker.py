@@ -9,7 +9,7 @@ from queue import Empty
 
 from kombu import Connection
 
-from worker import embedded_broker
+from worker.queue import embedded_broker
 
 MESSAGES = 40
 BODY_CHARS = 4_000_000  # large enough that writing one message takes a while

@@ -19,8 +19,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torch.nn import functional as F
 
+from common.errors import InputError
 from model.bundle import LoadedBundle
-from model.errors import InputError
 from model.inference import MAX_CAM_SIDE, Predictor
 from model.network import DEFAULT_GRADCAM_LAYER, build_densenet121_cbam
 from model.roi import RoiCrop, RoiPrediction, SquareBox

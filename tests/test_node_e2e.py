@@ -24,11 +24,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
 from model.bundle import init_untrained
-from molsub.node import wait_until_listening
+from molsub import launch
+from molsub.launch import redis_server, stop_process, wait_for
 from molsub.synth import SynthStudy, write_synthetic_studies
 from tests.dicom_peers import SCU_AET, echoscu, free_port, start_storescp, storescu
-from tests.redis_server import redis_server, stop_process, wait_for
 from tests.validators import dciodvfy_errors
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -72,34 +73,25 @@ def write_config(
     dest_port: int,
     folder: Path | None = None,
     node_port: int = 11112,
-    queue: dict[str, object] | None = None,
+    queue: QueueSettings | None = None,
 ) -> Path:
     """A node.toml: spool in tmp, the bundle, storescp as PACS (+ a folder destination)."""
-    lines = [
-        "# written by tests/test_node_e2e.py (SYNTHETIC data, UNTRAINED bundle)",
-        "[node]",
-        'ae_title = "MOLSUB"',
-        'host = "127.0.0.1"',
-        f"port = {node_port}",
-        f'allowed_calling_aets = ["{SCU_AET}"]',
-        f"spool_dir = {json.dumps(str(tmp / 'spool'))}",
-        "study_timeout_s = 600",
-        "[model]",
-        f"bundle = {json.dumps(str(bundle))}",
-        'device = "cpu"',
-        "[queue]",
-        *(f"{key} = {json.dumps(value)}" for key, value in (queue or {}).items()),
-        "[[destinations]]",
-        'name = "pacs"',
-        f'ae_title = "{PACS_AET}"',
-        'host = "127.0.0.1"',
-        f"port = {dest_port}",
-    ]
+    destinations = [Destination("pacs", ae_title=PACS_AET, host="127.0.0.1", port=dest_port)]
     if folder is not None:
-        lines += ["[[destinations]]", 'name = "copy"', f"folder = {json.dumps(str(folder))}"]
-    path = tmp / "node.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        destinations.append(Destination("copy", folder=folder))
+    config = NodeConfig(
+        node=NodeSettings(
+            ae_title="MOLSUB",
+            port=node_port,
+            allowed_calling_aets=(SCU_AET,),
+            spool_dir=tmp / "spool",
+            study_timeout_s=600,
+        ),
+        model=ModelSettings(bundle=bundle, device="cpu"),
+        queue=queue or QueueSettings(),
+        destinations=tuple(destinations),
+    )
+    return launch.write_config(config, tmp / "node.toml")
 
 
 def tail(path: Path, chars: int = 6000) -> str:
@@ -150,22 +142,13 @@ def node(
     config: Path, log: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`molsub serve --port 0` with stderr in ``log``; yields (process, port it listens on)."""
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [*MOLSUB, "serve", "--config", str(config), "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-    try:
-        listening = wait_until_listening(proc, START_TIMEOUT_S)
+    environ = {**os.environ, **(env or {})}
+    with launch.running_node(config, log, *args, env=environ, timeout_s=START_TIMEOUT_S) as (
+        proc,
+        listening,
+    ):
         assert listening.ae_title == "MOLSUB", listening
         yield proc, listening.port
-    finally:
-        stop_process(proc, timeout_s=90)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -193,7 +176,7 @@ def received(folder: Path) -> dict[str, dict[str, Path]]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             sop_class, sop_uid = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
-        except Exception:  # noqa: BLE001 - a file the receiver is still writing
+        except Exception:  # a file the receiver is still writing
             continue
         found.setdefault(sop_class, {})[sop_uid] = path
     return found
@@ -362,12 +345,12 @@ def test_redis_mode_separate_workers_destination_down_at_first(
         bundle,
         dest_port=dest_port,
         folder=folder,
-        queue={
-            "broker_url": "",
-            "delivery_retry_base_s": 1.0,
-            "delivery_retry_max_s": 4.0,
-            "delivery_max_retries": 10,
-        },
+        queue=QueueSettings(
+            broker_url="",
+            delivery_retry_base_s=1.0,
+            delivery_retry_max_s=4.0,
+            delivery_max_retries=10,
+        ),
     )
     logs = {name: tmp_path / f"{name}.log" for name in ("node", "prepare-deliver", "infer")}
     pacs_log = tmp_path / "storescp.log"

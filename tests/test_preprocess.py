@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from model.preprocess import decode_frame, extract_rois
 from model.preprocess.rois import MAX_DISPLAY_SIDE
+from model.roi import RoiCrop
 from tests.factories import make_mg, make_seg, roundtrip
 
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
@@ -41,14 +42,16 @@ def border_lesion(siemens_mg: Dataset) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def border_roi(siemens_mg: Dataset, border_lesion: np.ndarray):
+def border_roi(siemens_mg: Dataset, border_lesion: np.ndarray) -> RoiCrop:
     seg = roundtrip(make_seg([siemens_mg], [border_lesion]))
     rois = extract_rois(seg, {str(siemens_mg.SOPInstanceUID): siemens_mg}, bound_size=BOUND)
     assert len(rois) == 1
     return rois[0]
 
 
-def test_crop_is_a_centred_square_grown_by_the_bound(border_roi, border_lesion) -> None:
+def test_crop_is_a_centred_square_grown_by_the_bound(
+    border_roi: RoiCrop, border_lesion: np.ndarray
+) -> None:
     rows = np.flatnonzero(border_lesion.any(axis=1))
     cols = np.flatnonzero(border_lesion.any(axis=0))
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
@@ -60,7 +63,9 @@ def test_crop_is_a_centred_square_grown_by_the_bound(border_roi, border_lesion) 
     assert abs(lesion_centre[1] - box_centre[1]) <= 1
 
 
-def test_border_lesion_is_padded_not_cut(border_roi, border_lesion, siemens_mg) -> None:
+def test_border_lesion_is_padded_not_cut(
+    border_roi: RoiCrop, border_lesion: np.ndarray, siemens_mg: Dataset
+) -> None:
     box, rows, cols = border_roi.box, int(siemens_mg.Rows), int(siemens_mg.Columns)
     assert box.bottom > rows and box.right > cols, "the lesion must need padding here"
     assert border_roi.display.shape == (box.size, box.size)
@@ -78,7 +83,7 @@ def test_border_lesion_is_padded_not_cut(border_roi, border_lesion, siemens_mg) 
     assert border_roi.source_sop_instance_uid == str(siemens_mg.SOPInstanceUID)
 
 
-def test_network_input_is_224_float32(border_roi) -> None:
+def test_network_input_is_224_float32(border_roi: RoiCrop) -> None:
     assert border_roi.network_input.shape == (224, 224)
     assert border_roi.network_input.dtype == np.float32
     assert np.isfinite(border_roi.network_input).all()
@@ -87,7 +92,7 @@ def test_network_input_is_224_float32(border_roi) -> None:
     assert border_roi.network_input.max() <= (1 - 0.485) / 0.229 + 1e-5
 
 
-def test_jpeg_lossless_decode_matches_dcmtk(siemens_mg, tmp_path: Path) -> None:
+def test_jpeg_lossless_decode_matches_dcmtk(siemens_mg: Dataset, tmp_path: Path) -> None:
     """python-gdcm (via pydicom) and dcmtk's own JPEG decoder give the same stored values."""
     dcmdjpeg = shutil.which("dcmdjpeg")
     assert dcmdjpeg, "dcmtk's dcmdjpeg is needed (Debian package dcmtk)"

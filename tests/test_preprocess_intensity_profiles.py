@@ -7,8 +7,15 @@ import pytest
 from pydicom.dataset import Dataset
 from skimage.exposure import equalize_adapthist
 
-from model.preprocess import extract_rois, load_image
+from model.preprocess import extract_rois, image_intensities
+from model.profiles import Profile
 from tests.factories import make_mg, make_seg, roundtrip
+
+
+def load_image(ds: Dataset) -> np.ndarray:
+    """The whole image through the ``default`` profile (what the display and network see)."""
+    display, _ = image_intensities(ds, Profile.DEFAULT)
+    return display
 
 
 def ramp(rows: int = 64, cols: int = 64, top: int = 4095) -> np.ndarray:

@@ -12,8 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from model.errors import InputError
-from model.preprocess import extract_rois, referenced_image_uids, segment_masks
+from common.errors import InputError
+from common.seg_refs import referenced_image_uids
+from model.preprocess import extract_rois, segment_masks
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
 
 SHAPE = (256, 200)  # 51200 px: every BINARY frame starts on a byte boundary
@@ -23,8 +24,11 @@ def by_uid(*images: Dataset) -> dict[str, Dataset]:
     return {str(ds.SOPInstanceUID): ds for ds in images}
 
 
+TwoViews = tuple[Dataset, Dataset, Dataset, list[np.ndarray]]
+
+
 @pytest.fixture(scope="module")
-def two_views() -> tuple[Dataset, Dataset, Dataset, list[np.ndarray]]:
+def two_views() -> TwoViews:
     """CC and MLO of one breast, a SEG with two lesions drawn on both."""
     study = generate_uid()
     cc = make_mg(rows=SHAPE[0], cols=SHAPE[1], view="CC", study_uid=study, seed=1)
@@ -35,7 +39,7 @@ def two_views() -> tuple[Dataset, Dataset, Dataset, list[np.ndarray]]:
     return seg, roundtrip(cc), roundtrip(mlo), [cc_masks, mlo_masks]
 
 
-def test_multi_image_seg_gives_one_roi_per_segment_and_image(two_views) -> None:
+def test_multi_image_seg_gives_one_roi_per_segment_and_image(two_views: TwoViews) -> None:
     seg, cc, mlo, (cc_masks, mlo_masks) = two_views
     rois = extract_rois(seg, by_uid(mlo, cc), bound_size=20)
     cc_uid, mlo_uid = str(cc.SOPInstanceUID), str(mlo.SOPInstanceUID)
@@ -56,7 +60,7 @@ def test_multi_image_seg_gives_one_roi_per_segment_and_image(two_views) -> None:
         assert roi.source_frame_number == 1
 
 
-def test_referenced_image_uids_needs_no_pixels(two_views) -> None:
+def test_referenced_image_uids_needs_no_pixels(two_views: TwoViews) -> None:
     seg, cc, mlo, _ = two_views
     header_only = Dataset()
     header_only.update(seg)
@@ -64,7 +68,7 @@ def test_referenced_image_uids_needs_no_pixels(two_views) -> None:
     assert referenced_image_uids(header_only) == [str(cc.SOPInstanceUID), str(mlo.SOPInstanceUID)]
 
 
-def test_seg_referencing_a_missing_image_names_both(two_views) -> None:
+def test_seg_referencing_a_missing_image_names_both(two_views: TwoViews) -> None:
     seg, cc, mlo, _ = two_views
     with pytest.raises(InputError) as caught:
         extract_rois(seg, by_uid(cc))

@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_encoder
 
-from model.errors import InputError
-from model.preprocess import check_mg, decode_frame, load_image
+from common.errors import InputError
+from model.preprocess import check_mg, decode_frame, image_intensities
+from model.profiles import Profile
 from tests.factories import (
     HTJ2K_CODESTREAM,
     htj2k_expected_pixels,
@@ -25,6 +26,12 @@ from tests.factories import (
     make_mg,
     roundtrip,
 )
+
+
+def load_image(ds: Dataset) -> np.ndarray:
+    """The whole image through the ``default`` profile (what the display and network see)."""
+    display, _ = image_intensities(ds, Profile.DEFAULT)
+    return display
 
 
 def twelve_bit_mg() -> tuple[Dataset, np.ndarray]:

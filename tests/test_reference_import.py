@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torchvision.models import densenet121
 
-from model.bundle import load_bundle, read_bundle_info
-from model.errors import BundleError
+from common.errors import BundleError
+from model.bundle import load_bundle
+from model.bundle_info import read_bundle_info
 from model.reference_import import THEIR_INDEX_FOR_OURS, import_reference
 from model.tasks import TASK_NAMES, TASKS
 

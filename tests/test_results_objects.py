@@ -23,14 +23,18 @@ from PIL import ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
-from model.bundle import BundleInfo, init_untrained
+from model.bundle import init_untrained
+from model.bundle_info import BundleInfo
 from model.preprocess import extract_rois
 from model.roi import RoiCrop, RoiPrediction
 from model.tasks import TASKS
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
 from tests.validators import dciodvfy_errors, pixelmed_sr_errors
-from worker.results import ResultSet, build_results, render_overlay, summarize_sr
+from worker.results.build import build_results
 from worker.results.codes import CLASS_CODES, PROBABILITY_CODES, SCHEME, TASK_CONCEPTS
+from worker.results.overlay import render_overlay
+from worker.results.result_set import ResultSet
+from worker.results.summary import summarize_sr
 
 SHAPE = (256, 200)
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

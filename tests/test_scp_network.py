@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,11 +16,12 @@ import pytest
 from pydicom import uid
 from pynetdicom import AE
 
-from molsub.config import NodeConfig, NodeSettings
-from molsub.node import wait_until_listening
+from common.settings import NodeSettings
+from common.units import Unit, UnitState
+from molsub.launch import start_node
 from scp.server import NodeSCP
 from scp.spool import Spool
-from scp.state import DONE, ENQUEUED, READY, TIMED_OUT, WAITING, Unit, unit_status
+from scp.state import unit_status
 from tests.dicom_peers import SCU_AET, echoscu, free_port, storescu
 from tests.factories import (
     MG_FOR_PRESENTATION,
@@ -50,7 +50,6 @@ ACCEPTED_SYNTAXES = (
     uid.HTJ2K,
     uid.RLELossless,
 )
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Recorder:
@@ -84,7 +83,7 @@ def start_scp(tmp_path: Path) -> Iterator[StartFn]:
 
     def start(enqueue: Callable[[Unit], None], **node: object) -> NodeSCP:
         settings = {"port": free_port(), "spool_dir": tmp_path / "spool", **node}
-        scp = NodeSCP(NodeConfig(node=NodeSettings(**settings)), enqueue, poll_s=0.05)
+        scp = NodeSCP(NodeSettings(**settings), enqueue, poll_s=0.05)
         scp.start()
         started.append(scp)
         return scp
@@ -177,7 +176,7 @@ def test_mg_and_seg_stored_durably_and_unit_enqueued(
     assert len(spooled_files(spool)) == 3
     assert list((spool / "tmp").iterdir()) == []
 
-    assert wait_for(lambda: unit_state(scp, study["seg_uid"]) == ENQUEUED)
+    assert wait_for(lambda: unit_state(scp, study["seg_uid"]) == UnitState.ENQUEUED)
     assert enqueue.ids == [study["seg_uid"]]
     unit = enqueue.units[0]
     assert unit.referenced_uids == (study["cc_uid"], study["mlo_uid"])
@@ -342,14 +341,14 @@ def test_seg_before_images_and_split_over_associations(start_scp: StartFn, study
     enqueue = Recorder()
     scp = start_scp(enqueue)
     send_ok(scp.port, study["seg"])
-    assert unit_state(scp, study["seg_uid"]) == WAITING
+    assert unit_state(scp, study["seg_uid"]) == UnitState.WAITING
     send_ok(scp.port, study["mlo"])
     time.sleep(0.2)
-    assert unit_state(scp, study["seg_uid"]) == WAITING
+    assert unit_state(scp, study["seg_uid"]) == UnitState.WAITING
     assert enqueue.ids == []
     send_ok(scp.port, study["cc"])
     assert wait_for(lambda: enqueue.ids == [study["seg_uid"]])
-    assert unit_state(scp, study["seg_uid"]) == ENQUEUED
+    assert unit_state(scp, study["seg_uid"]) == UnitState.ENQUEUED
 
 
 def test_images_before_seg_ready_at_once(start_scp: StartFn, study: dict) -> None:
@@ -369,7 +368,9 @@ def test_incomplete_unit_times_out_with_warning_and_late_image_reopens_it(
     with caplog.at_level(logging.WARNING, logger="scp.dispatcher"):
         scp = start_scp(enqueue, study_timeout_s=0.5)
         send_ok(scp.port, study["cc"], study["seg"])
-        assert wait_for(lambda: unit_state(scp, study["seg_uid"]) == TIMED_OUT, timeout_s=5)
+        assert wait_for(
+            lambda: unit_state(scp, study["seg_uid"]) == UnitState.TIMED_OUT, timeout_s=5
+        )
         # The warning follows the state change in the dispatcher thread.
         assert wait_for(lambda: any("timed out" in r.getMessage() for r in caplog.records))
     assert enqueue.ids == []
@@ -389,12 +390,12 @@ def test_restart_ready_unit_enqueued_exactly_once(
     first = start_scp(broker_down)
     send_ok(first.port, study["cc"], study["mlo"], study["seg"])
     assert wait_for(lambda: broker_down.attempts >= 2)  # tried, failed, tried again
-    assert unit_state(first, study["seg_uid"]) == READY
+    assert unit_state(first, study["seg_uid"]) == UnitState.READY
     first.stop()
 
     enqueue = Recorder()
     second = start_scp(enqueue)
-    assert wait_for(lambda: unit_state(second, study["seg_uid"]) == ENQUEUED)
+    assert wait_for(lambda: unit_state(second, study["seg_uid"]) == UnitState.ENQUEUED)
     time.sleep(0.2)
     assert enqueue.ids == [study["seg_uid"]]
     second.stop()
@@ -403,15 +404,15 @@ def test_restart_ready_unit_enqueued_exactly_once(
     third = start_scp(again)
     time.sleep(0.3)
     assert again.ids == []  # enqueued units are never offered again
-    assert unit_state(third, study["seg_uid"]) == ENQUEUED
-    assert [u.state for u in unit_status(tmp_path / "spool")] == [ENQUEUED]
+    assert unit_state(third, study["seg_uid"]) == UnitState.ENQUEUED
+    assert [u.state for u in unit_status(tmp_path / "spool")] == [UnitState.ENQUEUED]
 
 
 def test_restart_half_received_unit_completes_after(start_scp: StartFn, study: dict) -> None:
     first_enqueue = Recorder()
     first = start_scp(first_enqueue)
     send_ok(first.port, study["seg"], study["cc"])
-    assert unit_state(first, study["seg_uid"]) == WAITING
+    assert unit_state(first, study["seg_uid"]) == UnitState.WAITING
     first.stop()
 
     enqueue = Recorder()
@@ -420,28 +421,20 @@ def test_restart_half_received_unit_completes_after(start_scp: StartFn, study: d
     assert wait_for(lambda: enqueue.ids == [study["seg_uid"]])
     assert first_enqueue.ids == []
     assert len(enqueue.units[0].image_paths) == 2
-    assert second.db is not None and second.db.set_state(study["seg_uid"], DONE)
+    assert second.db is not None and second.db.set_state(study["seg_uid"], UnitState.DONE)
 
 
 def test_scp_as_separate_process(study: dict, tmp_path: Path) -> None:
     spool = tmp_path / "proc-spool"
     env = {**os.environ, "MOLSUB_NODE_SPOOL_DIR": str(spool), "MOLSUB_NODE_AE_TITLE": "NODE2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scp", "--port", "0", "--enqueue", "log"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, listening = start_node(None, tmp_path / "node.log", "--no-workers", env=env, timeout_s=60)
     try:
-        listening = wait_until_listening(proc, timeout_s=60)
         assert listening.ae_title == "NODE2"
         result = storescu(
             listening.port, [study["cc"], study["mlo"], study["seg"]], called_aet="NODE2"
         )
         assert result.returncode == 0, result.stderr
-        assert wait_for(lambda: [u.state for u in unit_status(spool)] == [ENQUEUED])
+        assert wait_for(lambda: [u.state for u in unit_status(spool)] == [UnitState.ENQUEUED])
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
@@ -461,15 +454,10 @@ def test_large_mg_streams_to_disk_not_memory(tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 4096, size=(4096, 3328), dtype=np.uint16)
     big = write(make_mg(pixels), tmp_path, "big.dcm")
     spool = tmp_path / "big-spool"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scp", "--port", "0", "--enqueue", "log", "--spool", str(spool)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    env = {**os.environ, "MOLSUB_NODE_SPOOL_DIR": str(spool)}
+    proc, listening = start_node(None, tmp_path / "node.log", "--no-workers", env=env, timeout_s=60)
     try:
-        port = wait_until_listening(proc, timeout_s=60).port
+        port = listening.port
         before = _peak_rss_kib(proc.pid)
         send_ok(port, big)
         growth_mib = (_peak_rss_kib(proc.pid) - before) / 1024

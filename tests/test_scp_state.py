@@ -8,22 +8,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from model.errors import InputError
-from model.seg_refs import referenced_image_uids
+from common.errors import InputError
+from common.seg_refs import referenced_image_uids
+from common.units import Unit, UnitState
 from scp import spool as spool_module
 from scp.dispatcher import Dispatcher
 from scp.spool import SEGMENTATION, ObjectInfo, Spool, read_object_info
-from scp.state import (
-    DONE,
-    ENQUEUED,
-    READY,
-    TIMED_OUT,
-    WAITING,
-    StateDB,
-    Unit,
-    format_units,
-    unit_status,
-)
+from scp.state import StateDB, format_units, unit_status
 from tests.factories import MG_FOR_PRESENTATION, disk_mask, make_mg, make_seg, roundtrip
 
 STUDY = "1.2.3.4"
@@ -109,10 +100,10 @@ def test_unit_ready_in_the_transaction_of_its_last_object(db: StateDB, tmp_path:
     assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=1.0) == []
     assert db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=2.0) == []
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == WAITING and unit.missing_uids == ("1.2",)
+    assert unit is not None and unit.state == UnitState.WAITING and unit.missing_uids == ("1.2",)
     assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=3.0) == ["9.9"]
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == READY and unit.missing_uids == ()
+    assert unit is not None and unit.state == UnitState.READY and unit.missing_uids == ()
     assert unit.image_paths == (tmp_path / "a.dcm", tmp_path / "b.dcm")
     assert unit.last_received_at == 3.0
 
@@ -122,7 +113,7 @@ def test_timeout_counts_from_last_received_object(db: StateDB, tmp_path: Path) -
     db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=50.0)
     assert db.expire_waiting(60.0, now=100.0) == []  # 50 s since the last object
     [expired] = db.expire_waiting(60.0, now=111.0)
-    assert expired.state == TIMED_OUT and expired.missing_uids == ("1.2",)
+    assert expired.state == UnitState.TIMED_OUT and expired.missing_uids == ("1.2",)
     assert expired.detail == "incomplete after 60 s"
 
 
@@ -132,7 +123,7 @@ def test_late_image_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
     # One of two missing images arrives late: waiting again, the timeout counting from now.
     assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=200.0) == []
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == WAITING and unit.detail == ""
+    assert unit is not None and unit.state == UnitState.WAITING and unit.detail == ""
     assert unit.missing_uids == ("1.2", "1.3")
     assert db.expire_waiting(60.0, now=259.0) == []
     assert [u.unit_id for u in db.expire_waiting(60.0, now=261.0)] == ["9.9"]
@@ -140,7 +131,7 @@ def test_late_image_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
     assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=300.0) == []
     assert db.record_instance(mg_info("1.3"), tmp_path / "c.dcm", now=301.0) == ["9.9"]
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == READY
+    assert unit is not None and unit.state == UnitState.READY
 
 
 def test_resent_seg_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
@@ -148,7 +139,7 @@ def test_resent_seg_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:
     db.expire_waiting(60.0, now=61.0)
     assert db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm", now=100.0) == []
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == WAITING
+    assert unit is not None and unit.state == UnitState.WAITING
     assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=101.0) == ["9.9"]
 
 
@@ -158,7 +149,7 @@ def test_late_image_leaves_finished_units_alone(db: StateDB, tmp_path: Path) -> 
     assert db.mark_enqueued("9.9")
     assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=2.0) == []  # resent image
     unit = db.get_unit("9.9")
-    assert unit is not None and unit.state == ENQUEUED
+    assert unit is not None and unit.state == UnitState.ENQUEUED
 
 
 def test_state_survives_reopen_and_ready_is_enqueued_once(tmp_path: Path) -> None:
@@ -174,15 +165,15 @@ def test_state_survives_reopen_and_ready_is_enqueued_once(tmp_path: Path) -> Non
     assert dispatcher.run_once() == ["9.9"]
     assert dispatcher.run_once() == []
     assert [u.unit_id for u in got] == ["9.9"]
-    assert second.get_unit("9.9").state == ENQUEUED
+    assert second.get_unit("9.9").state == UnitState.ENQUEUED
     assert second.mark_enqueued("9.9") is False
-    assert second.set_state("9.9", DONE)
+    assert second.set_state("9.9", UnitState.DONE)
     with pytest.raises(ValueError, match="unknown unit state"):
         second.set_state("9.9", "bogus")
     second.close()
 
     [unit] = unit_status(tmp_path)
-    assert unit.state == DONE
+    assert unit.state == UnitState.DONE
     table = format_units([unit])
     assert "9.9" in table and "done" in table and "1/1" in table
 
@@ -195,7 +186,7 @@ def test_failed_enqueue_keeps_unit_ready(db: StateDB, tmp_path: Path) -> None:
         raise ConnectionError("broker down")
 
     assert Dispatcher(db, broken, study_timeout_s=600).run_once() == []
-    assert db.get_unit("9.9").state == READY
+    assert db.get_unit("9.9").state == UnitState.READY
 
 
 def test_resent_seg_of_an_enqueued_unit_changes_nothing(db: StateDB, tmp_path: Path) -> None:
@@ -203,5 +194,5 @@ def test_resent_seg_of_an_enqueued_unit_changes_nothing(db: StateDB, tmp_path: P
     db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm")
     assert db.mark_enqueued("9.9")
     assert db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm") == []
-    assert db.get_unit("9.9").state == ENQUEUED
+    assert db.get_unit("9.9").state == UnitState.ENQUEUED
     assert db.count_instances() == 2

@@ -11,17 +11,18 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from molsub.config import Destination, NodeConfig, NodeSettings, QueueSettings
+from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
+from molsub.launch import free_port, redis_server, stop_process, wait_for, write_config
 from tests.dicom_peers import received_uids, start_storescp
 from tests.factories import disk_mask, make_mg, make_seg
-from tests.redis_server import free_port, redis_server, stop_process, wait_for
-from worker.celery_app import enqueue_unit, make_celery_app, task_ids
-from worker.delivery import resend
-from worker.result_store import FAILED, SENT, ResultNotFound, ResultStore
+from worker.delivery.send import resend
+from worker.delivery.store import DestinationState, ResultNotFound, ResultStore
+from worker.queue.app import enqueue_unit, make_celery_app, task_ids
 
 REPO = Path(__file__).resolve().parents[1]
 STANDINS = "prepare,infer,results"
@@ -44,27 +45,9 @@ def write_unit(spool: Path, seed: int = 0) -> tuple[str, Path, list[Path]]:
 
 
 def write_toml(path: Path, config: NodeConfig) -> None:
-    lines = [
-        "[node]",
-        f'ae_title = "{config.node.ae_title}"',
-        f'spool_dir = "{config.node.spool_dir}"',
-        "[model]",
-        f'bundle = "{path.parent / "no-bundle-needed-with-standins"}"',
-        "[queue]",
-        f'broker_url = "{config.queue.broker_url}"',
-    ]
-    for dest in config.destinations:
-        lines.append("[[destinations]]")
-        lines.append(f'name = "{dest.name}"')
-        if dest.folder:
-            lines.append(f'folder = "{dest.folder}"')
-        else:
-            lines += [
-                f'ae_title = "{dest.ae_title}"',
-                f'host = "{dest.host}"',
-                f"port = {dest.port}",
-            ]
-    path.write_text("\n".join(lines) + "\n")
+    """The worker's node.toml; the model bundle is never read with every stage a stand-in."""
+    model = ModelSettings(bundle=path.parent / "no-bundle-needed-with-standins")
+    write_config(replace(config, model=model), path)
 
 
 class Worker:
@@ -174,12 +157,18 @@ def test_redis_chain_delivers_once_destination_comes_up(tmp_path: Path) -> None:
             app = make_celery_app(config)
             assert enqueue_unit(app, unit_id, seg_path, image_paths) == task_ids(unit_id)["prepare"]
             store = ResultStore(spool / "results")
-            wait_for(lambda: dest_state(store, unit_id, "folder") == SENT, 30, "folder delivery")
-            assert dest_state(store, unit_id, "pacs") != SENT  # nobody listening yet
+            wait_for(
+                lambda: dest_state(store, unit_id, "folder") == DestinationState.SENT,
+                30,
+                "folder delivery",
+            )
+            assert (
+                dest_state(store, unit_id, "pacs") != DestinationState.SENT
+            )  # nobody listening yet
             time.sleep(1.5)
             storescp = start_storescp(tmp_path / "received", port)
             wait_for(
-                lambda: dest_state(store, unit_id, "pacs") == SENT,
+                lambda: dest_state(store, unit_id, "pacs") == DestinationState.SENT,
                 30,
                 "delivery to storescp after it came up",
             )
@@ -220,9 +209,11 @@ def test_embedded_broker_chain_retries_fail_then_resend(tmp_path: Path) -> None:
         enqueue_unit(app, bad_id, bad_seg, bad_images[:1])  # one MG never arrived
         store = ResultStore(spool / "results")
         wait_for(
-            lambda: dest_state(store, unit_id, "pacs") == FAILED, 30, "retries to be exhausted"
+            lambda: dest_state(store, unit_id, "pacs") == DestinationState.FAILED,
+            30,
+            "retries to be exhausted",
         )
-        assert dest_state(store, unit_id, "folder") == SENT
+        assert dest_state(store, unit_id, "folder") == DestinationState.SENT
         assert store.status(unit_id)["destinations"]["pacs"]["attempts"] == 2  # first + 1 retry
         wait_for(
             lambda: status_of(store, bad_id).get("state") == "input_error",
@@ -241,9 +232,16 @@ def test_embedded_broker_chain_retries_fail_then_resend(tmp_path: Path) -> None:
         assert store.status(unit_id)["destinations"]["folder"]["attempts"] == 1
         assert len(list((tmp_path / "out" / unit_id).iterdir())) == OBJECTS_PER_UNIT
 
-        wait_for(lambda: dest_state(store, unit_id, "pacs") == FAILED, 30, "retries again")
+        wait_for(
+            lambda: dest_state(store, unit_id, "pacs") == DestinationState.FAILED,
+            30,
+            "retries again",
+        )
         storescp = start_storescp(tmp_path / "received", port)
-        assert resend(unit_id, config) == {"folder": SENT, "pacs": SENT}
+        assert resend(unit_id, config) == {
+            "folder": DestinationState.SENT,
+            "pacs": DestinationState.SENT,
+        }
         recorded = {o["sop_instance_uid"] for o in store.status(unit_id)["objects"]}
         assert received_uids(tmp_path / "received") == recorded
     finally:

@@ -7,11 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from tests import worker_standins as standins
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
-from worker import messages
-from worker.stages import PreparedUnit, header_only
+from worker.pipeline import PreparedUnit, header_only
+from worker.queue import messages
 
 
 @pytest.mark.parametrize(
@@ -49,7 +50,7 @@ def _unit() -> PreparedUnit:
     )
 
 
-def _assert_same_dataset(a, b) -> None:  # noqa: ANN001
+def _assert_same_dataset(a: Dataset, b: Dataset) -> None:
     assert [e.tag for e in a] == [e.tag for e in b]
     for elem in a:
         assert b[elem.tag].value == elem.value, elem.keyword

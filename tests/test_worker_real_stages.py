@@ -2,44 +2,30 @@
 
 Runs in-process (the plumbing is covered with stand-ins in test_worker_chain.py); it checks that
 the messages carry what the real stages produce and need, across JSON, with no spool access
-after prepare. Skipped until model.preprocess, model.inference and worker.results exist.
+after prepare.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from molsub.config import Destination, ModelSettings, NodeConfig, NodeSettings
+from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings
 from tests.factories import disk_mask, make_mg, make_seg
-from worker.result_store import SENT, ResultStore
+from worker.delivery.store import DestinationState, ResultStore
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def _require(module: str, name: str) -> None:
-    try:
-        loaded = importlib.import_module(module)
-        found = hasattr(loaded, name) and not getattr(loaded, "IS_TEST_STUB", False)
-    except ImportError:
-        found = False
-    if not found:
-        pytest.skip(f"{module}.{name} is not available yet")
-
-
 @pytest.mark.slow
 def test_real_stages_through_json_messages(tmp_path: Path) -> None:
-    _require("model.preprocess", "extract_rois")
-    _require("model.inference", "Predictor")
-    _require("worker.results", "build_results")
     from model.bundle import init_untrained
-    from worker import tasks
+    from worker.queue.handlers import StageHandlers
 
     bundle = tmp_path / "bundle"
     init_untrained(bundle)
@@ -59,19 +45,20 @@ def test_real_stages_through_json_messages(tmp_path: Path) -> None:
         destinations=(Destination("folder", folder=tmp_path / "out"),),
     )
     unit_id = str(seg.SOPInstanceUID)
-    prepared = json.loads(json.dumps(tasks.run_prepare(config, unit_id, paths[0], paths[1:])))
+    handlers = StageHandlers.for_config(config)
+    prepared = json.loads(json.dumps(handlers.prepare(unit_id, paths[0], paths[1:])))
     for path in paths:  # infer and deliver must not need the spool
         path.unlink()
-    inferred = json.loads(json.dumps(tasks.run_infer(config, prepared)))
+    inferred = json.loads(json.dumps(handlers.infer(prepared)))
     assert len(inferred["predictions"]) == 2
-    assert tasks.run_deliver(config, inferred) == {"folder": SENT}
+    assert handlers.deliver(inferred) == {"folder": DestinationState.SENT}
     store = ResultStore(spool / "results")
     classes = sorted(o["sop_class_uid"] for o in store.status(unit_id)["objects"])
     assert classes.count(SR_CLASS) == 1 and SC_CLASS in classes and SEG_CLASS in classes
     sent = {str(pydicom.dcmread(p).SOPInstanceUID) for p in (tmp_path / "out" / unit_id).iterdir()}
     assert sent == {o["sop_instance_uid"] for o in store.status(unit_id)["objects"]}
     # The same messages again give the same objects (deterministic UIDs): nothing new to send.
-    assert tasks.run_deliver(config, inferred) == {}
+    assert handlers.deliver(inferred) == {}
     assert {p.name for p in (tmp_path / "out" / unit_id).iterdir()} == {
         f"{uid}.dcm" for uid in sent
     }

@@ -1,36 +1,41 @@
 """Fast stand-ins for the model stages, for the worker tests only (SYNTHETIC outputs).
 
 The worker tests exercise queues, messages, processes, retries and DICOM delivery; running
-four DenseNets per test would only slow them down. ``install(kinds)`` replaces, in
-worker.tasks, the chosen stages: "prepare" (crops without model.preprocess), "infer" (a
-predictor without torch), "results" (minimal SR / SC / SEG objects with deterministic UIDs,
-without worker.results). A worker subprocess started with ``-A tests.worker_standins:app``
-installs those named in $MOLSUB_TEST_STANDINS and builds its app from $MOLSUB_CONFIG.
+four DenseNets per test would only slow them down. ``pipeline(kinds, config)`` builds a
+worker.pipeline.Pipeline whose chosen stages are stand-ins: "prepare" (crops without
+model.preprocess), "infer" (a predictor without torch), "results" (minimal SR / SC / SEG
+objects with deterministic UIDs, without worker.results). A worker subprocess started with
+``-A tests.worker_standins:app`` uses those named in $MOLSUB_TEST_STANDINS and builds its app
+from $MOLSUB_CONFIG.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from common.settings import NodeConfig
+from model.bundle_info import BundleInfo
 from model.roi import RoiCrop, RoiPrediction, SquareBox
 from model.tasks import TASKS
-from worker import tasks
-from worker.stages import PreparedUnit, header_only
+from worker.pipeline import BundleModel, Pipeline, PreparedUnit, header_only
+from worker.pipeline import prepare as real_prepare
+from worker.pipeline import results as real_results
+from worker.results.result_set import ResultSet
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def bundle_info():
-    from model.bundle import BundleInfo
-
+def bundle_info() -> BundleInfo:
     return BundleInfo(
         name="standin",
         version="0.0.0",
@@ -59,7 +64,7 @@ def make_crop(source_uid: str, segment: int = 1, size: int = 24, seed: int = 0) 
     )
 
 
-def prepare_unit(seg: Dataset, images, info) -> PreparedUnit:  # noqa: ANN001
+def prepare_unit(seg: Dataset, images: Mapping[str, Dataset], info: BundleInfo) -> PreparedUnit:
     """One crop per referenced image, as the real prepare would (no pixels of seg read)."""
     uids = [
         str(item.ReferencedSOPInstanceUID)
@@ -68,7 +73,7 @@ def prepare_unit(seg: Dataset, images, info) -> PreparedUnit:  # noqa: ANN001
     ]
     missing = [uid for uid in uids if uid not in images]
     if missing:
-        from model.errors import InputError
+        from common.errors import InputError
 
         raise InputError(
             str(seg.SOPInstanceUID), f"references image {missing[0]} which was not received"
@@ -80,7 +85,7 @@ def prepare_unit(seg: Dataset, images, info) -> PreparedUnit:  # noqa: ANN001
 
 
 class StandinPredictor:
-    def predict(self, crops):  # noqa: ANN001, ANN201
+    def predict(self, crops: Sequence[RoiCrop]) -> list[RoiPrediction]:
         out = []
         for crop in crops:
             level = float(np.clip(crop.network_input.mean() + 0.5, 0.05, 0.95))
@@ -99,25 +104,32 @@ class StandinPredictor:
         return out
 
 
-def predictor_for(config):  # noqa: ANN001, ANN201
+def predictor_for(config: object = None) -> tuple[StandinPredictor, BundleInfo]:
     return StandinPredictor(), bundle_info()
 
 
-def build_objects(unit: PreparedUnit, predictions, info) -> list[Dataset]:  # noqa: ANN001
+def build_objects(
+    unit: PreparedUnit, predictions: Sequence[RoiPrediction], info: BundleInfo
+) -> ResultSet:
     """One SR, one SC per ROI, one SEG: header-only objects with deterministic UIDs."""
     seg_uid = str(unit.seg.SOPInstanceUID)
-    objects = [_object(SR_CLASS, "SR", seg_uid, info.digest, "sr", unit)]
-    for i, _ in enumerate(predictions, start=1):
-        objects.append(_object(SC_CLASS, "OT", seg_uid, info.digest, f"sc{i}", unit))
-    objects.append(_object(SEG_CLASS, "SEG", seg_uid, info.digest, "seg", unit))
-    return objects
+    return ResultSet(
+        sr=_object(SR_CLASS, "SR", seg_uid, info.digest, "sr", unit),
+        secondary_captures=[
+            _object(SC_CLASS, "OT", seg_uid, info.digest, f"sc{i}", unit)
+            for i, _ in enumerate(predictions, start=1)
+        ],
+        heatmap_segs=[_object(SEG_CLASS, "SEG", seg_uid, info.digest, "seg", unit)],
+    )
 
 
 def derived_uid(*parts: str) -> str:
     return "2.25." + str(int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:30], 16))
 
 
-def _object(sop_class: str, modality: str, seg_uid: str, digest: str, role: str, unit) -> Dataset:  # noqa: ANN001
+def _object(
+    sop_class: str, modality: str, seg_uid: str, digest: str, role: str, unit: PreparedUnit
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -131,20 +143,40 @@ def _object(sop_class: str, modality: str, seg_uid: str, digest: str, role: str,
     return ds
 
 
-STANDINS = {
-    "prepare": {"prepare_unit": prepare_unit, "bundle_info_for": lambda config: bundle_info()},
-    "infer": {"predictor_for": predictor_for},
-    "results": {"build_objects": build_objects},
-}
+@dataclass(frozen=True)
+class StandinModel:
+    """The bundle's description and predictor: stand-ins for the kinds chosen, else the
+    configured bundle's."""
+
+    real: BundleModel
+    standin_info: bool
+    standin_predictor: bool
+
+    def info(self) -> BundleInfo:
+        return bundle_info() if self.standin_info else self.real.info()
+
+    def predictor(self) -> tuple[StandinPredictor, BundleInfo]:
+        return predictor_for() if self.standin_predictor else self.real.predictor()
 
 
-def install(kinds) -> None:  # noqa: ANN001
-    for kind in kinds:
-        for name, func in STANDINS[kind].items():
-            setattr(tasks, name, func)
+KINDS = ("prepare", "infer", "results")
 
 
-def load_test_config():  # noqa: ANN201
+def pipeline(kinds: Iterable[str], config: NodeConfig) -> Pipeline:
+    """The node's pipeline with the chosen stages replaced by the stand-ins above."""
+    chosen = set(kinds)
+    unknown = chosen - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown stand-in kinds {sorted(unknown)}; known: {KINDS}")
+    real = BundleModel(config.model.bundle, config.model.device)
+    return Pipeline(
+        model=StandinModel(real, "prepare" in chosen, "infer" in chosen),
+        prepare_stage=prepare_unit if "prepare" in chosen else real_prepare,
+        results_stage=build_objects if "results" in chosen else real_results,
+    )
+
+
+def load_test_config() -> NodeConfig:
     from molsub.config import load_config
 
     return load_config(Path(os.environ["MOLSUB_CONFIG"]))
@@ -153,14 +185,14 @@ def load_test_config():  # noqa: ANN201
 _app = None
 
 
-def __getattr__(name: str):  # noqa: ANN202
+def __getattr__(name: str) -> object:
     global _app
     if name == "app":
         if _app is None:
-            from worker.celery_app import make_celery_app
+            from worker.queue.app import make_celery_app
 
             kinds = [k for k in os.environ.get("MOLSUB_TEST_STANDINS", "").split(",") if k]
-            install(kinds)
-            _app = make_celery_app(load_test_config())
+            config = load_test_config()
+            _app = make_celery_app(config, pipeline=pipeline(kinds, config))
         return _app
     raise AttributeError(name)

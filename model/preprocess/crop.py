@@ -8,8 +8,6 @@ part outside the image is padded (0 = background), so the lesion is always whole
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from model.roi import SquareBox
 
@@ -33,15 +31,3 @@ def crop_square(image: np.ndarray, box: SquareBox, fill: float = 0) -> np.ndarra
     if r1 > r0 and c1 > c0:
         out[r0 - box.top : r1 - box.top, c0 - box.left : c1 - box.left] = image[r0:r1, c0:c1]
     return out
-
-
-def resize_square(image: np.ndarray, side: int) -> np.ndarray:
-    """Bilinear resize (anti-aliased when shrinking) to ``side`` x ``side``, float32."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    if tensor.shape[-1] == side:
-        return tensor[0, 0].numpy().copy()
-    shrink = tensor.shape[-1] > side
-    out = F.interpolate(
-        tensor, size=(side, side), mode="bilinear", align_corners=False, antialias=shrink
-    )
-    return out[0, 0].numpy()

@@ -11,8 +11,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from model.errors import InputError
-from model.sop_classes import MG_SOP_CLASSES
+from common.errors import InputError
+from common.sop_classes import MG_SOP_CLASSES
 
 
 def uid_of(ds: Dataset) -> str | None:

@@ -15,29 +15,40 @@ normalise, so both profiles feed the networks the same range.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, apply_windowing
 
-PROFILES = ("default", "reference")
 NORM_MEAN, NORM_STD = 0.485, 0.229
 
-
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 windowing, to [0, 1]."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        # Width must be > 0 (PS3.3); a malformed 0 behaves as a threshold at the centre.
-        return np.clip((values - center) / max(width, 1e-6) + 0.5, 0.0, 1.0)
-    width = max(width, 1.0)
-    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+log = logging.getLogger(__name__)
 
 
-def _first(value: object) -> float:
-    """Window attributes may be multi-valued; the first pair is the default view."""
-    return float(value[0]) if isinstance(value, MultiValue | list | tuple) else float(value)  # type: ignore[arg-type,index]
+def _window(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The image's first window (PS3.3 C.11.2.1.2, pydicom's ``apply_windowing``), to [0, 1].
+
+    pydicom maps to the stored range; the ends of that range are where -inf and +inf land for
+    every VOI LUT Function, so the result is scaled by them. A window pydicom refuses (width
+    below 1, an unknown function: both seen in real headers) falls back to the stored range.
+    """
+    try:
+        low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)
+        windowed = apply_windowing(values, ds)
+    except ValueError as exc:
+        log.warning("object %s: window not applied (%s); stored range used", _uid(ds), exc)
+        return _stored_range(values)
+    return (windowed - low) / (high - low)
+
+
+def _stored_range(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
+def _uid(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "")) or "(no SOP Instance UID)"
 
 
 def _apply_voi_lut(values: np.ndarray, item: Dataset) -> np.ndarray:
@@ -63,11 +74,9 @@ def to_display_range(ds: Dataset, stored: np.ndarray) -> np.ndarray:
     if "VOILUTSequence" in ds:
         out = _apply_voi_lut(values, ds.VOILUTSequence[0])
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
-        out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+        out = _window(values, ds)
     else:
-        lo, hi = float(values.min()), float(values.max())
-        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+        out = _stored_range(values)
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         out = 1.0 - out
     return np.clip(out, 0.0, 1.0).astype(np.float32)

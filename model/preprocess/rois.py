@@ -7,63 +7,57 @@ from collections.abc import Mapping
 import numpy as np
 from pydicom.dataset import Dataset
 
-from model.preprocess.crop import crop_square, lesion_square, resize_square
+from model.preprocess.crop import crop_square, lesion_square
 from model.preprocess.decode import decode_frame
-from model.preprocess.intensity import (
-    PROFILES,
-    normalise,
-    reference_intensity,
-    to_display_range,
-)
+from model.preprocess.intensity import normalise, reference_intensity, to_display_range
+from model.preprocess.resize import resize_square
 from model.preprocess.seg_mask import segment_masks
+from model.profiles import Profile
 from model.roi import RoiCrop
 
 MAX_DISPLAY_SIDE = 2048
 
 
-def load_image(ds: Dataset, profile: str = "default") -> np.ndarray:
-    """A whole MG image after the profile's intensity pipeline, float32 in [0, 1]."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown preprocessing profile {profile!r}; known: {PROFILES}")
+def image_intensities(ds: Dataset, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
+    """(display, network) whole-image intensities in [0, 1], float32, for one MG image.
+
+    The display is always the ``default`` pipeline (what the radiologist sees); the network's
+    input is the profile's, which for ``default`` is the same array.
+    """
     stored = decode_frame(ds)
-    if profile == "reference":
-        return reference_intensity(stored).astype(np.float32) / 255.0
-    return to_display_range(ds, stored)
+    display = to_display_range(ds, stored)
+    if profile is Profile.REFERENCE:
+        return display, reference_intensity(stored).astype(np.float32) / 255.0
+    return display, display
 
 
 def extract_rois(
     seg: Dataset,
     images: Mapping[str, Dataset],
     *,
-    profile: str = "default",
+    profile: Profile | str = Profile.DEFAULT,
     bound_size: int = 100,
     input_size: int = 224,
 ) -> list[RoiCrop]:
     """One RoiCrop per (segment, image) the segment is drawn on; each image decoded once."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown preprocessing profile {profile!r}; known: {PROFILES}")
+    profile = Profile.parse(profile)
     masks = segment_masks(seg, images)
-    display_cache: dict[str, np.ndarray] = {}
-    network_cache: dict[str, np.ndarray] = {}
+    intensities: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     crops: list[RoiCrop] = []
     for item in masks:
         uid = item.source_sop_instance_uid
         ds = images[uid]
-        if uid not in display_cache:
-            stored = decode_frame(ds)
-            display_cache[uid] = to_display_range(ds, stored)
-            if profile == "reference":
-                network_cache[uid] = reference_intensity(stored).astype(np.float32) / 255.0
-            else:
-                network_cache[uid] = display_cache[uid]
+        if uid not in intensities:
+            intensities[uid] = image_intensities(ds, profile)
+        display_image, network_image = intensities[uid]
         box = lesion_square(item.mask, bound_size)
-        net_square = crop_square(network_cache[uid], box)
-        display = crop_square(display_cache[uid], box)
+        net_square = crop_square(network_image, box)
+        display = crop_square(display_image, box)
         mask = crop_square(item.mask, box, fill=False)
         if box.size > MAX_DISPLAY_SIDE:
             display = resize_square(display, MAX_DISPLAY_SIDE)
             mask = resize_square(mask.astype(np.float32), MAX_DISPLAY_SIDE) >= 0.5
-        if profile == "reference":
+        if profile is Profile.REFERENCE:
             # The authors resize the 8-bit crop and normalise from 0..255.
             net_square = np.round(net_square * 255.0) / 255.0
         crops.append(

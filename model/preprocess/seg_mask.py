@@ -15,9 +15,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from model.errors import InputError
-from model.seg_refs import referenced_image_uids
-from model.sop_classes import SEGMENTATION
+from common.errors import InputError
+from common.seg_refs import referenced_image_uids
+from common.sop_classes import SEGMENTATION
 
 
 @dataclass

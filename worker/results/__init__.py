@@ -1,66 +1,6 @@
 """The DICOM objects a radiologist opens: one module per IOD, built with highdicom.
 
 Inputs are headers only (no pixel data of the sources is read), the crops and the predictions,
-so the deliver stage can run on a host that cannot see the spool.
+so the deliver stage can run on a host that cannot see the spool. ``build.build_results``
+assembles a unit's ResultSet; ``summary`` reads an SR back.
 """
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-from pydicom.dataset import Dataset
-
-from model.roi import RoiCrop, RoiPrediction
-from worker.results.heatmap_seg import build_heatmap_seg
-from worker.results.overlay import render_overlay
-from worker.results.secondary_capture import build_secondary_capture
-from worker.results.sr import build_sr
-from worker.results.summary import summarize_sr
-from worker.results.uids import ResultUids, derived_uid
-
-__all__ = [
-    "ResultSet",
-    "ResultUids",
-    "build_results",
-    "derived_uid",
-    "render_overlay",
-    "summarize_sr",
-]
-
-
-@dataclass
-class ResultSet:
-    sr: Dataset
-    secondary_captures: list[Dataset] = field(default_factory=list)
-    heatmap_segs: list[Dataset] = field(default_factory=list)
-
-    def all(self) -> list[Dataset]:
-        return [self.sr, *self.secondary_captures, *self.heatmap_segs]
-
-
-def build_results(
-    seg: Dataset,
-    sources: Sequence[Dataset],
-    rois: Sequence[RoiCrop],
-    predictions: Sequence[RoiPrediction],
-    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
-) -> ResultSet:
-    """SR + one SC per ROI + one heatmap SEG per image with ROIs, UIDs derived from the SEG."""
-    if len(rois) != len(predictions):
-        raise ValueError(f"{len(rois)} ROIs but {len(predictions)} predictions")
-    uids = ResultUids(str(seg.SOPInstanceUID), bundle.digest)
-    images = {str(s.SOPInstanceUID): s for s in sources}
-    sr = build_sr(seg, sources, rois, predictions, bundle, uids)
-    scs = [
-        build_secondary_capture(i, roi, pred, images[roi.source_sop_instance_uid], bundle, uids)
-        for i, (roi, pred) in enumerate(zip(rois, predictions, strict=True))
-    ]
-    by_image: dict[str, list[tuple[int, RoiCrop, RoiPrediction]]] = {}
-    for i, (roi, pred) in enumerate(zip(rois, predictions, strict=True)):
-        by_image.setdefault(roi.source_sop_instance_uid, []).append((i, roi, pred))
-    heatmaps = [
-        build_heatmap_seg(images[uid], entries, bundle, uids, instance_number=n)
-        for n, (uid, entries) in enumerate(by_image.items(), start=1)
-    ]
-    return ResultSet(sr=sr, secondary_captures=scs, heatmap_segs=heatmaps)

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from common.mammo import View
 from model.tasks import TASKS
 
 SCHEME = "99MOLSUB"
@@ -61,7 +62,6 @@ RESEARCH_USE_ONLY = _private("MS0901", "Research use only, not for diagnostic us
 MODEL_STATUS = _private("MS0902", "Model status")
 UNTRAINED_MODEL = _private("MS0903", "Untrained model, output is meaningless")
 
-PROBABILITY = codes.DCM.Probability
 NO_UNITS = codes.UCUM.NoUnits
 MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")
 BREAST = Code("76752008", "SCT", "Breast")
@@ -71,11 +71,10 @@ BREAST_BY_LATERALITY = {
 }
 LATERALITY = {"L": Code("7771000", "SCT", "Left"), "R": Code("24028007", "SCT", "Right")}
 IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = Code("121106", "DCM", "Comment")
 IMAGE_VIEW = Code("111031", "DCM", "Image View")
-VIEW_CODES = {
-    "CC": Code("399162004", "SCT", "cranio-caudal"),
-    "MLO": Code("399368009", "SCT", "medio-lateral oblique"),
-}
+VIEW_CODES = {view: Code(view.snomed[0], "SCT", view.snomed[1]) for view in View}
 GRADCAM = codes.DCM.GradientWeightedClassActivation
 CLASS_ACTIVATION = codes.DCM.ClassActivation
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from model.bundle_info import BundleInfo
 from worker.results.codes import AI_FAMILY, PROCESSING_EQUIPMENT
 
 MANUFACTURER = "molsub-node open-source project"
@@ -21,7 +22,7 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def disclaimer(bundle) -> str:  # noqa: ANN001 - model.bundle.BundleInfo
+def disclaimer(bundle: BundleInfo) -> str:
     """The statement every output carries; says UNTRAINED when the weights are random."""
     text = RESEARCH_USE
     if bundle.untrained:
@@ -29,13 +30,13 @@ def disclaimer(bundle) -> str:  # noqa: ANN001 - model.bundle.BundleInfo
     return text
 
 
-def series_description(kind: str, bundle) -> str:  # noqa: ANN001
+def series_description(kind: str, bundle: BundleInfo) -> str:
     """<= 64 characters, as a viewer's series list shows it."""
     flag = " UNTRAINED" if bundle.untrained else ""
     return f"molsub {kind} RESEARCH USE ONLY{flag}"[:64]
 
 
-def algorithm_identification(bundle) -> hd.sr.AlgorithmIdentification:  # noqa: ANN001
+def algorithm_identification(bundle: BundleInfo) -> hd.sr.AlgorithmIdentification:
     """TID 4019: bundle name and version; the weights digest and profile as parameters."""
     return hd.sr.AlgorithmIdentification(
         name=bundle.display_name[:64],
@@ -49,7 +50,7 @@ def algorithm_identification(bundle) -> hd.sr.AlgorithmIdentification:  # noqa: 
     )
 
 
-def contributing_equipment(bundle) -> hd.ContributingEquipment:  # noqa: ANN001
+def contributing_equipment(bundle: BundleInfo) -> hd.ContributingEquipment:
     """The algorithm as equipment (IHE AIR): its Device UID changes whenever the weights do."""
     equipment = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
@@ -63,6 +64,6 @@ def contributing_equipment(bundle) -> hd.ContributingEquipment:  # noqa: ANN001
     return equipment
 
 
-def add_research_use(ds: Dataset, bundle) -> None:  # noqa: ANN001
+def add_research_use(ds: Dataset, bundle: BundleInfo) -> None:
     """Where viewers show free text: image comments."""
     ds.ImageComments = disclaimer(bundle)[:10240]

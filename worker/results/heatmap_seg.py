@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
-import torch
 from pydicom.dataset import Dataset
-from torch.nn import functional as F
 
+from model.bundle_info import BundleInfo
+from model.preprocess.resize import resize_square
 from model.roi import RoiCrop, RoiPrediction
 from worker.results.codes import AI_FAMILY, CLASS_ACTIVATION, GRADCAM
 from worker.results.equipment import (
@@ -33,8 +33,7 @@ def cam_in_image_grid(roi: RoiCrop, cam: np.ndarray) -> np.ndarray:
     rows, cols = roi.image_shape
     box = roi.box
     if cam.shape[0] != box.size:
-        tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
-        cam = F.interpolate(tensor, size=(box.size, box.size), mode="bilinear")[0, 0].numpy()
+        cam = resize_square(cam, box.size)
     out = np.zeros((rows, cols), dtype=np.float32)
     r0, c0 = max(box.top, 0), max(box.left, 0)
     r1, c1 = min(box.bottom, rows), min(box.right, cols)
@@ -45,7 +44,7 @@ def cam_in_image_grid(roi: RoiCrop, cam: np.ndarray) -> np.ndarray:
 def build_heatmap_seg(
     source: Dataset,
     entries: Sequence[tuple[int, RoiCrop, RoiPrediction]],
-    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    bundle: BundleInfo,
     uids: ResultUids,
     instance_number: int,
 ) -> hd.seg.Segmentation:

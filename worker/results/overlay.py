@@ -10,16 +10,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from model.bundle_info import BundleInfo
+from model.preprocess.resize import resize_square
 from model.roi import RoiCrop, RoiPrediction
 from model.tasks import SUBTYPE5
 
 MIN_SIDE = 512
 CONTOUR_RGB = (255, 255, 255)
 WARNING_RGB = (255, 64, 64)
-
-
-def _resize(array: np.ndarray, side: int, resample: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(array).resize((side, side), resample=resample))
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:
@@ -35,15 +33,22 @@ def caption(prediction: RoiPrediction) -> str:
     return f"{SUBTYPE5.class_names[index]}  p={probability:.2f}"
 
 
-def render_overlay(roi: RoiCrop, prediction: RoiPrediction, bundle) -> np.ndarray:  # noqa: ANN001
+def render_overlay(roi: RoiCrop, prediction: RoiPrediction, bundle: BundleInfo) -> np.ndarray:
     """HxWx3 uint8, long side >= 512 px, text burned in."""
     side = max(MIN_SIDE, roi.display.shape[0])
-    gray = _resize(roi.display, side, Image.Resampling.BILINEAR).astype(np.float32) / 255.0
-    cam = _resize(prediction.cam.astype(np.float32), side, Image.Resampling.BILINEAR)
+    gray = np.clip(resize_square(roi.display, side) / 255.0, 0.0, 1.0)
+    cam = resize_square(prediction.cam, side)
     rgb = show_cam_on_image(
         np.repeat(gray[..., None], 3, axis=2), np.clip(cam, 0, 1), use_rgb=True, image_weight=0.6
     )
-    mask = _resize(roi.mask.astype(np.uint8) * 255, side, Image.Resampling.NEAREST) > 127
+    mask = (
+        np.asarray(
+            Image.fromarray(roi.mask.astype(np.uint8) * 255).resize(
+                (side, side), resample=Image.Resampling.NEAREST
+            )
+        )
+        > 127
+    )
     edge = _contour(mask)
     edge |= np.roll(edge, 1, axis=0) | np.roll(edge, 1, axis=1)
     rgb[edge] = CONTOUR_RGB

@@ -5,6 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from model.bundle_info import BundleInfo
 from model.roi import RoiCrop, RoiPrediction
 from worker.results.equipment import (
     MANUFACTURER,
@@ -23,7 +24,7 @@ def build_secondary_capture(
     roi: RoiCrop,
     prediction: RoiPrediction,
     source: Dataset,
-    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    bundle: BundleInfo,
     uids: ResultUids,
 ) -> hd.sc.SCImage:
     """Same patient and study as ``source``, its own series; the text is burned in."""

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from common.sop_classes import SEGMENTATION
+from model.bundle_info import BundleInfo
 from model.roi import RoiCrop, RoiPrediction
-from model.sop_classes import SEGMENTATION
 from worker.results.codes import (
     BREAST,
     BREAST_BY_LATERALITY,
     CLASS_CODES,
+    COMMENT,
     IMAGE_LATERALITY,
     IMAGE_VIEW,
     INTENDED_USE,
@@ -23,6 +25,7 @@ from worker.results.codes import (
     MODEL_STATUS,
     NO_UNITS,
     PROBABILITY_CODES,
+    QUALITATIVE_EVALUATIONS,
     RESEARCH_USE_ONLY,
     TASK_CONCEPTS,
     UNTRAINED_MODEL,
@@ -43,8 +46,6 @@ LESION = Code("52988006", "SCT", "Lesion")
 # TID 1500's Procedure Reported is drawn from CID 100, which has no mammography code (PixelMed
 # refuses others); the mammogram itself is named in Performed Procedure Code Sequence.
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
-QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-COMMENT = Code("121106", "DCM", "Comment")
 TASK_ORDER = ("subtype5", "luminal", "her2", "tn")
 
 
@@ -93,7 +94,7 @@ def _roi_group(
     prediction: RoiPrediction,
     seg: Dataset,
     image: Dataset,
-    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    bundle: BundleInfo,
     uids: ResultUids,
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -181,7 +182,7 @@ def _frame_references_only(content: Dataset) -> None:
                 del ref.ReferencedSegmentNumber
 
 
-def _walk(item: Dataset):  # noqa: ANN202 - generator of content items
+def _walk(item: Dataset) -> Iterator[Dataset]:
     for child in item.get("ContentSequence", []):
         yield child
         yield from _walk(child)
@@ -197,7 +198,7 @@ def build_sr(
     sources: Sequence[Dataset],
     rois: Sequence[RoiCrop],
     predictions: Sequence[RoiPrediction],
-    bundle,  # noqa: ANN001 - model.bundle.BundleInfo
+    bundle: BundleInfo,
     uids: ResultUids,
 ) -> hd.sr.Comprehensive3DSR:
     """One SR for one SEG: image library, one measurement group per ROI, who made it."""

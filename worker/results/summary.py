@@ -1,35 +1,40 @@
-"""A plain-text summary read back from an SR: what the CLI prints, proof the SR says it."""
+"""A plain-text summary read back from an SR with highdicom: what the CLI prints, and proof
+that the SR says it (a reader that only knows TID 1500 finds the same values)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+import highdicom as hd
+from highdicom.sr import ValueTypeValues
+from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
 
-from worker.results.codes import CLASS_CODES, PROBABILITY_CODES, SCHEME, TASK_CONCEPTS
+from worker.results.codes import CLASS_CODES, COMMENT, PROBABILITY_CODES, TASK_CONCEPTS
 
-_TASK_BY_CONCEPT = {code.value: task for task, code in TASK_CONCEPTS.items()}
-_PROB = {
-    code.value: (task, j) for task, cs in PROBABILITY_CODES.items() for j, code in enumerate(cs)
-}
+MeasurementGroup = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 
 
-def _items(item: Dataset):  # noqa: ANN202 - generator
-    for child in item.get("ContentSequence", []):
-        yield child
-        yield from _items(child)
+def measurement_groups(sr: Dataset) -> list[MeasurementGroup]:
+    """The SR's TID 1410 measurement groups: one per ROI."""
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    return report.get_planar_roi_measurement_groups()
 
 
-def _name(item: Dataset) -> tuple[str, str, str]:
-    code = item.ConceptNameCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue), str(code.CodeMeaning)
+def _calls(group: MeasurementGroup) -> dict[str, str]:
+    """Task -> the meaning of the class the model called."""
+    by_concept = {code.value: task for task, code in TASK_CONCEPTS.items()}
+    return {
+        by_concept[evaluation.name.value]: evaluation.value.meaning
+        for evaluation in group.get_qualitative_evaluations()
+        if evaluation.name.value in by_concept
+    }
 
 
-def measurement_groups(sr: Dataset) -> Iterator[Dataset]:
-    """The SR's TID 1501 measurement groups (DCM 125007): one per ROI."""
-    for item in _items(sr):
-        if str(item.get("ValueType")) == "CONTAINER" and _name(item)[1] == "125007":
-            yield item
+def _probability(group: MeasurementGroup, task: str, meaning: str | None) -> float:
+    names = [code.meaning for code in CLASS_CODES[task]]
+    if meaning not in names:
+        return float("nan")
+    (measurement,) = group.get_measurements(name=PROBABILITY_CODES[task][names.index(meaning)])
+    return float(measurement.value)
 
 
 def summarize_sr(sr: Dataset) -> str:
@@ -38,31 +43,15 @@ def summarize_sr(sr: Dataset) -> str:
         f"SR {sr.SOPInstanceUID} ({sr.get('SeriesDescription', '')})",
         f"  study {sr.StudyInstanceUID}",
     ]
-    comments = [
-        str(text.TextValue)
-        for container in sr.get("ContentSequence", [])
-        if _name(container)[1] == "C0034375"
-        for text in container.get("ContentSequence", [])
-        if str(text.get("ValueType")) == "TEXT"
-    ]
     for group in measurement_groups(sr):
-        tracking, calls, probs = "", {}, {}
-        for item in group.get("ContentSequence", []):
-            scheme, value, meaning = _name(item)
-            if value == "112039":
-                tracking = str(item.TextValue)
-            elif scheme == SCHEME and value in _TASK_BY_CONCEPT:
-                calls[_TASK_BY_CONCEPT[value]] = str(item.ConceptCodeSequence[0].CodeMeaning)
-            elif scheme == SCHEME and value in _PROB:
-                task, j = _PROB[value]
-                probs[(task, j)] = float(item.MeasuredValueSequence[0].NumericValue)
-        subtype_codes = [c.meaning for c in CLASS_CODES["subtype5"]]
-        p = probs.get(("subtype5", subtype_codes.index(calls["subtype5"])), float("nan"))
-        lines.append(f"  {tracking}")
+        calls = _calls(group)
+        p = _probability(group, "subtype5", calls.get("subtype5"))
+        lines.append(f"  {group.tracking_identifier}")
         lines.append(f"    subtype: {calls.get('subtype5')} (p={p:.2f})")
         lines.append(
             f"    luminal: {calls.get('luminal')}; HER2: {calls.get('her2')}; "
             f"triple-negative: {calls.get('tn')}"
         )
-    lines.extend(f"  {c}" for c in comments)
+    comments = find_content_items(sr, name=COMMENT, value_type=ValueTypeValues.TEXT, recursive=True)
+    lines.extend(f"  {item.TextValue}" for item in comments)
     return "\n".join(lines)

@@ -6,18 +6,12 @@ and another model (another weights digest) never collides with them.
 
 from __future__ import annotations
 
-import hashlib
-
-from pydicom.uid import UID
+from common.uids import hashed_uid
 
 
 def derived_uid(seg_sop_instance_uid: str, bundle_digest: str, role: str) -> str:
-    """``2.25.<decimal of 128 hash bits>`` (at most 44 characters, always a valid UID)."""
-    text = f"molsub|{seg_sop_instance_uid}|{bundle_digest}|{role}".encode()
-    value = int.from_bytes(hashlib.sha256(text).digest()[:16], "big")
-    uid = UID(f"2.25.{value}")
-    assert uid.is_valid
-    return str(uid)
+    """The UID of one result object (or series) of one SEG through one set of weights."""
+    return hashed_uid(f"molsub|{seg_sop_instance_uid}|{bundle_digest}|{role}")
 
 
 class ResultUids:

@@ -17,17 +17,30 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from model.durable import atomic_write_bytes
+from common.durable import atomic_write_bytes
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
-PENDING, SENT, FAILED = "pending", "sent", "failed"
-RECORDED, INPUT_ERROR = "recorded", "input_error"
+
+
+class DestinationState(StrEnum):
+    PENDING = "pending"  # not sent yet, or retrying
+    SENT = "sent"
+    FAILED = "failed"  # retries exhausted; kept for resend
+
+
+class ResultState(StrEnum):
+    RECORDED = "recorded"  # result objects written
+    INPUT_ERROR = "input_error"  # the unit's input was unusable; ``error`` says why
+
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
@@ -40,8 +53,6 @@ class ResultNotFound(LookupError):
 
 
 def dataset_bytes(ds: Dataset) -> bytes:
-    from io import BytesIO
-
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -99,13 +110,13 @@ class ResultStore:
             dest_state = {}
             for name in destinations:
                 previous = old_dest.get(name)
-                if same_objects and previous and previous["state"] == SENT:
+                if same_objects and previous and previous["state"] == DestinationState.SENT:
                     dest_state[name] = previous
                 else:
-                    dest_state[name] = _dest_entry(PENDING)
+                    dest_state[name] = _dest_entry(DestinationState.PENDING)
             status = {
                 "unit_id": unit_id,
-                "state": RECORDED,
+                "state": ResultState.RECORDED,
                 "recorded": _now(),
                 "objects": objects_meta,
                 "destinations": dest_state,
@@ -117,7 +128,12 @@ class ResultStore:
         with self._locked(unit_id) as directory:
             status = self._read(directory)
             status.update(
-                {"unit_id": unit_id, "state": INPUT_ERROR, "error": reason, "updated": _now()}
+                {
+                    "unit_id": unit_id,
+                    "state": ResultState.INPUT_ERROR,
+                    "error": reason,
+                    "updated": _now(),
+                }
             )
             self._write(directory, status)
 
@@ -142,14 +158,16 @@ class ResultStore:
         return [directory / o["file"] for o in status.get("objects", [])]
 
     def update_destination(
-        self, unit_id: str, name: str, state: str, error: str | None = None
+        self, unit_id: str, name: str, state: DestinationState, error: str | None = None
     ) -> dict[str, Any]:
         """Record one attempt's outcome; returns the destination's entry."""
         with self._locked(unit_id) as directory:
             status = self._read(directory)
             if "objects" not in status:
                 raise ResultNotFound(unit_id, self.root)
-            entry = status.setdefault("destinations", {}).get(name) or _dest_entry(PENDING)
+            entry = status.setdefault("destinations", {}).get(name) or _dest_entry(
+                DestinationState.PENDING
+            )
             entry.update({"state": state, "error": error, "updated": _now()})
             entry["attempts"] = int(entry.get("attempts", 0)) + 1
             status["destinations"][name] = entry
@@ -161,20 +179,12 @@ class ResultStore:
         with self._locked(unit_id) as directory:
             status = self._read(directory)
             for name in names:
-                entry = status.setdefault("destinations", {}).setdefault(name, _dest_entry(PENDING))
-                if entry["state"] != SENT:
-                    entry.update({"state": FAILED, "updated": _now()})
+                entry = status.setdefault("destinations", {}).setdefault(
+                    name, _dest_entry(DestinationState.PENDING)
+                )
+                if entry["state"] != DestinationState.SENT:
+                    entry.update({"state": DestinationState.FAILED, "updated": _now()})
             self._write(directory, status)
-
-    def units(self) -> list[dict[str, Any]]:
-        """Every recorded unit's status (for ``molsub status``)."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for directory in sorted(self.root.iterdir()):
-            if (directory / STATUS_FILE).is_file():
-                found.append(self._read(directory))
-        return found
 
     @staticmethod
     def _read(directory: Path) -> dict[str, Any]:
@@ -189,7 +199,7 @@ class ResultStore:
         atomic_write_bytes(directory / STATUS_FILE, text.encode("utf-8"))
 
 
-def _dest_entry(state: str) -> dict[str, Any]:
+def _dest_entry(state: DestinationState) -> dict[str, Any]:
     return {"state": state, "attempts": 0, "error": None, "updated": _now()}
 
 

@@ -17,17 +17,22 @@ import json
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 
+from model.bundle_info import BundleInfo
+from model.profiles import Profile
 from model.roi import RoiCrop, RoiPrediction, SquareBox
-from worker.stages import PIXEL_KEYWORDS, PreparedUnit
+from worker.pipeline import PIXEL_KEYWORDS, PreparedUnit
 
 log = logging.getLogger(__name__)
 
 MESSAGE_VERSION = 1
+T = TypeVar("T")
+# What json.dumps takes and json.loads gives back.
+JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
 TYPE_KEY = "__type__"
 ZLIB_LEVEL = 6
 
@@ -96,7 +101,7 @@ _DATACLASS_TYPES: dict[str, type] = {
 }
 
 
-def encode_value(value: Any) -> Any:
+def encode_value(value: object) -> JsonValue:
     """Any pipeline value to JSON-compatible data (see the module docstring)."""
     if isinstance(value, np.ndarray):
         return encode_array(value)
@@ -124,7 +129,7 @@ def encode_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} cannot be sent in a message")
 
 
-def decode_value(data: Any) -> Any:
+def decode_value(data: JsonValue) -> object:
     if isinstance(data, list):
         return [decode_value(v) for v in data]
     if not isinstance(data, Mapping):
@@ -148,13 +153,13 @@ def decode_value(data: Any) -> Any:
 # --- the three stage messages -------------------------------------------------------------
 
 
-def prepared_message(unit_id: str, unit: Any) -> dict[str, Any]:
-    """prepare -> infer: the unit's crops and headers (a worker.stages.PreparedUnit)."""
+def prepared_message(unit_id: str, unit: PreparedUnit) -> dict[str, Any]:
+    """prepare -> infer: the unit's crops and headers (a worker.pipeline.PreparedUnit)."""
     return {"version": MESSAGE_VERSION, "unit_id": unit_id, "unit": encode_value(unit)}
 
 
 def inferred_message(
-    prepared: Mapping[str, Any], predictions: Sequence[RoiPrediction], bundle_info: Any
+    prepared: Mapping[str, Any], predictions: Sequence[RoiPrediction], bundle_info: BundleInfo
 ) -> dict[str, Any]:
     """infer -> deliver: the prepared unit passed through untouched, plus what the model said.
 
@@ -168,17 +173,34 @@ def inferred_message(
     }
 
 
-def encode_bundle_info(info: Any) -> dict[str, Any]:
+def decode_unit(message: Mapping[str, Any]) -> PreparedUnit:
+    """The prepared unit a prepare or infer message carries."""
+    return _decoded_as(message["unit"], PreparedUnit, message)
+
+
+def decode_predictions(message: Mapping[str, Any]) -> list[RoiPrediction]:
+    """The predictions an infer message carries, in ROI order."""
+    return [_decoded_as(p, RoiPrediction, message) for p in message["predictions"]]
+
+
+def _decoded_as(data: JsonValue, cls: type[T], message: Mapping[str, Any]) -> T:
+    value = decode_value(data)
+    if not isinstance(value, cls):
+        unit = message.get("unit_id")
+        raise ValueError(f"unit {unit}: message holds {type(value).__name__}, not {cls.__name__}")
+    return value
+
+
+def encode_bundle_info(info: BundleInfo) -> dict[str, Any]:
     return {TYPE_KEY: "BundleInfo", "fields": encode_value(dataclasses.asdict(info))}
 
 
-def decode_bundle_info(data: Mapping[str, Any], cls: type | None = None) -> Any:
-    """Rebuild model.bundle.BundleInfo (frozen dataclass); task class lists become tuples."""
-    if cls is None:
-        from model.bundle import BundleInfo as cls  # noqa: N813 - the dataclass itself
+def decode_bundle_info(data: Mapping[str, Any]) -> BundleInfo:
+    """Rebuild the BundleInfo (frozen dataclass); task class lists become tuples again."""
     fields = decode_value(data["fields"])
     fields["tasks"] = {task: tuple(classes) for task, classes in fields["tasks"].items()}
-    return cls(**fields)
+    fields["profile"] = Profile(fields["profile"])
+    return BundleInfo(**fields)
 
 
 def check_version(message: Mapping[str, Any]) -> None:

@@ -3,44 +3,54 @@
 Queues are split by the resource a task needs: ``prepare`` (spool disk, CPU), ``infer`` (the
 model; GPU workers consume only this queue), ``deliver`` (network). Settings suit long GPU
 tasks: late acks, requeue on a lost worker, one message prefetched, a broker visibility
-timeout longer than the longest task. Messages are JSON only (see worker/messages.py).
+timeout longer than the longest task. Messages are JSON only (see worker/queue/messages.py).
 
 Broker: ``[queue] broker_url`` (e.g. ``redis://host:6379/0``), or when empty an embedded one
 needing no server: kombu's filesystem transport under SPOOL/queue (single host), with message
-files written atomically (worker/embedded_broker.py).
+files written atomically (worker/queue/embedded_broker.py).
 
-``celery -A worker.celery_app:app worker -Q infer`` builds ``app`` on first access from the
-node.toml named by $MOLSUB_CONFIG (environment overrides apply).
+Everything here is handed the node's settings (common.settings.NodeConfig) and, in tests, a
+Pipeline with stand-in stages; ``molsub worker`` and ``molsub serve`` build both from node.toml.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, chain
+from celery import Celery, Task, chain
+from celery.utils.time import get_exponential_backoff_interval
 
-from molsub.config import NodeConfig, load_node_config
-from worker import embedded_broker, tasks
-from worker.delivery import result_root
-from worker.result_store import SENT, ResultStore
+from common.settings import NodeConfig
+from common.spool_layout import SpoolLayout
+from worker.delivery.store import DestinationState
+from worker.pipeline import Pipeline
+from worker.queue import embedded_broker
+from worker.queue.handlers import StageHandlers
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("prepare", "infer", "deliver")
-PREPARE_TASK, INFER_TASK, DELIVER_TASK = "molsub.prepare", "molsub.infer", "molsub.deliver"
+
+class Stage(StrEnum):
+    """A stage of a unit, and the queue its task runs on (split by the resource it needs)."""
+
+    PREPARE = "prepare"
+    INFER = "infer"
+    DELIVER = "deliver"
+
+    @property
+    def task_name(self) -> str:
+        return f"molsub.{self.value}"
 
 
-def retry_policy(config: NodeConfig) -> tuple[int, float, float]:
-    """(max retries, first delay, longest delay) of the deliver task's exponential backoff."""
-    q = config.queue
-    return q.delivery_max_retries, q.delivery_retry_base_s, q.delivery_retry_max_s
+QUEUES = tuple(Stage)
 
 
-def backoff_s(retries_done: int, base_s: float, max_s: float) -> float:
-    return min(base_s * (2**retries_done), max_s)
+class DestinationsPending(Exception):
+    """Some destinations did not take the results yet: Celery retries the deliver task."""
 
 
 def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
@@ -49,7 +59,7 @@ def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
     url = config.queue.broker_url.strip()
     if url:
         return url, options
-    queue_dir = Path(config.node.spool_dir).resolve() / "queue"
+    queue_dir = SpoolLayout.at(config.node.spool_dir).queue
     messages_dir, processed_dir = queue_dir / "messages", queue_dir / "processed"
     control_dir = queue_dir / "control"
     for folder in (messages_dir, processed_dir, control_dir):
@@ -71,12 +81,15 @@ def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
     return "filesystem://", options
 
 
-def make_celery_app(config: NodeConfig) -> Celery:
-    """The app for this node's config: same tasks and code path with either broker."""
+def make_celery_app(config: NodeConfig, *, pipeline: Pipeline | None = None) -> Celery:
+    """The app for this node's config: same tasks and code path with either broker.
+
+    ``pipeline`` defaults to the configured model bundle; tests pass one with stand-ins.
+    """
     broker_url, transport_options = broker_settings(config)
     app = Celery("molsub", broker=broker_url, set_as_current=False)
     app.conf.update(
-        # The embedded broker writes its message files atomically (worker/embedded_broker.py).
+        # The embedded broker writes its message files atomically (embedded_broker.py).
         broker_transport=embedded_broker.TRANSPORT if broker_url == "filesystem://" else None,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
@@ -87,40 +100,48 @@ def make_celery_app(config: NodeConfig) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_routes={
-            PREPARE_TASK: {"queue": "prepare"},
-            INFER_TASK: {"queue": "infer"},
-            DELIVER_TASK: {"queue": "deliver"},
-        },
-        task_default_queue="prepare",
+        task_routes={stage.task_name: {"queue": str(stage)} for stage in Stage},
+        task_default_queue=str(Stage.PREPARE),
         worker_hijack_root_logger=False,
     )
-    app.molsub_config = config
-    _register_tasks(app)
+    _register_tasks(app, StageHandlers.for_config(config, pipeline), config)
     return app
 
 
-def _register_tasks(app: Celery) -> None:
-    @app.task(name=PREPARE_TASK, bind=True, shared=False)
-    def prepare(self, unit_id: str, seg_path: str, image_paths: list[str]) -> dict[str, Any]:  # noqa: ANN001
-        return tasks.run_prepare(self.app.molsub_config, unit_id, seg_path, image_paths)
+def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) -> None:
+    q = config.queue
+    # Celery's own backoff takes whole seconds (at least 1): these are the values it uses.
+    backoff_base, backoff_max = int(max(1.0, q.delivery_retry_base_s)), int(q.delivery_retry_max_s)
 
-    @app.task(name=INFER_TASK, bind=True, shared=False)
-    def infer(self, message: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
-        return tasks.run_infer(self.app.molsub_config, message)
+    @app.task(name=Stage.PREPARE.task_name, shared=False)
+    def prepare(unit_id: str, seg_path: str, image_paths: list[str]) -> dict[str, Any]:
+        return handlers.prepare(unit_id, seg_path, image_paths)
 
-    @app.task(name=DELIVER_TASK, bind=True, shared=False, max_retries=None)
-    def deliver(self, message: dict[str, Any]) -> dict[str, str]:  # noqa: ANN001
-        config = self.app.molsub_config
+    @app.task(name=Stage.INFER.task_name, shared=False)
+    def infer(message: dict[str, Any]) -> dict[str, Any]:
+        return handlers.infer(message)
+
+    # Celery's exponential backoff (retry_backoff * 2**retries, at most retry_backoff_max),
+    # without jitter so that a site can predict when the next attempt comes.
+    @app.task(
+        name=Stage.DELIVER.task_name,
+        bind=True,
+        shared=False,
+        autoretry_for=(DestinationsPending,),
+        max_retries=q.delivery_max_retries,
+        retry_backoff=backoff_base,
+        retry_backoff_max=backoff_max,
+        retry_jitter=False,
+    )
+    def deliver(self: Task, message: dict[str, Any]) -> dict[str, str]:
         done = self.request.retries
-        outcome = tasks.run_deliver(config, message, reuse_recorded=done > 0)
-        unsent = [name for name, state in outcome.items() if state != SENT]
+        outcome = handlers.deliver(message, reuse_recorded=done > 0)
+        unsent = [name for name, state in outcome.items() if state != DestinationState.SENT]
         if not unsent:
             return outcome
         unit_id = str(message["unit_id"])
-        max_retries, base_s, max_s = retry_policy(config)
-        if done >= max_retries:
-            ResultStore(result_root(config)).mark_failed(unit_id, unsent)
+        if done >= q.delivery_max_retries:
+            handlers.store.mark_failed(unit_id, unsent)
             log.error(
                 "unit %s: delivery to %s failed after %d retries; recorded for `molsub resend`",
                 unit_id,
@@ -128,9 +149,9 @@ def _register_tasks(app: Celery) -> None:
                 done,
             )
             return outcome
-        delay = backoff_s(done, base_s, max_s)
-        log.info("unit %s: retrying delivery to %s in %.0f s", unit_id, ", ".join(unsent), delay)
-        raise self.retry(countdown=delay)
+        delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
+        log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
+        raise DestinationsPending(", ".join(unsent))
 
 
 def task_ids(unit_id: str) -> dict[str, str]:
@@ -148,16 +169,18 @@ def enqueue_unit(
     again objects a destination already has.
     """
     ids = task_ids(unit_id)
+    args = {Stage.PREPARE: (unit_id, str(seg_path), [str(p) for p in image_paths])}
     workflow = chain(
-        app.signature(
-            PREPARE_TASK, args=(unit_id, str(seg_path), [str(p) for p in image_paths])
-        ).set(task_id=ids["prepare"], queue="prepare"),
-        app.signature(INFER_TASK).set(task_id=ids["infer"], queue="infer"),
-        app.signature(DELIVER_TASK).set(task_id=ids["deliver"], queue="deliver"),
+        *[
+            app.signature(stage.task_name, args=args.get(stage, ())).set(
+                task_id=ids[stage], queue=str(stage)
+            )
+            for stage in Stage
+        ]
     )
     workflow.apply_async()
     log.info("unit %s enqueued", unit_id)
-    return ids["prepare"]
+    return ids[Stage.PREPARE]
 
 
 def run_worker(
@@ -186,16 +209,3 @@ def run_worker(
         hostname=hostname,
     )
     worker.start()
-
-
-_default_app: Celery | None = None
-
-
-def __getattr__(name: str) -> Celery:
-    """``app`` / ``celery`` are built on first access (importing this module reads nothing)."""
-    global _default_app
-    if name in ("app", "celery"):
-        if _default_app is None:
-            _default_app = make_celery_app(load_node_config())
-        return _default_app
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,21 +12,20 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 from time import monotonic
-from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
-from model.durable import atomic_write_bytes
+from common.durable import atomic_write_bytes
 
 # What Celery's ``broker_transport`` names to use it (with ``broker_url = "filesystem://"``).
-TRANSPORT = "worker.embedded_broker:Transport"
+TRANSPORT = "worker.queue.embedded_broker:Transport"
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: object, **kwargs: object) -> None:
         # kombu's own file name, so consumers still take messages in the order they were put;
         # the temporary file (".tmp-...") does not end in ".<queue>.msg" and is never taken.
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"

@@ -1,7 +1,6 @@
 """Durable file writes: a reader sees the old file or the new one, never half of one.
 
-Used for model bundles (model/), the node's recorded results (worker/) and its spool (scp/);
-model/ is the lowest layer all three may depend on.
+Used for model bundles (model/), the node's recorded results (worker/) and its spool (scp/).
 """
 
 from __future__ import annotations

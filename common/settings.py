@@ -1,0 +1,108 @@
+"""The node's settings as typed values: what molsub/config.py reads from node.toml and the
+environment, and what each stage is handed (no stage reads a config file itself).
+
+Destinations, spool, queue and model settings are plain frozen dataclasses, so a test or a bench
+builds them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "MOLSUB"
+    host: str = "127.0.0.1"  # loopback by default: opening the node to the LAN is a decision
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
+    spool_dir: Path = Path("spool")
+    study_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    bundle: Path | None = None
+    device: str | None = None  # None: cuda if available, else cpu
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    broker_url: str = ""  # empty: the embedded broker, no server needed
+    visibility_timeout_s: int = 7200
+    delivery_max_retries: int = 8
+    delivery_retry_base_s: float = 10.0
+    delivery_retry_max_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: a DICOM AE (ae_title, host, port) or a folder (demos, debugging)."""
+
+    name: str
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
+    folder: Path | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.folder is not None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    destinations: tuple[Destination, ...] = ()
+    source: Path | None = None  # the node.toml read, None for built-in defaults
+
+    def describe(self) -> str:
+        """What this node would do, in words (``molsub serve --check``)."""
+        n, q = self.node, self.queue
+        callers = ", ".join(n.allowed_calling_aets) if n.allowed_calling_aets else "any AE title"
+        lines = [
+            f"config: {self.source if self.source else 'built-in defaults'}",
+            f"listen: AE title {n.ae_title!r} on {n.host}:{n.port}"
+            + ("  (loopback only)" if n.host in LOOPBACK_HOSTS else ""),
+            f"accept associations from: {callers}",
+            "accept: MG For Presentation, MG For Processing, Segmentation; other SOP classes "
+            "refused",
+            f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
+            f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
+            f"model bundle: {self.model.bundle if self.model.bundle else '(not set)'}"
+            + (f", device {self.model.device}" if self.model.device else ""),
+            "queue: "
+            + (_redact_url(q.broker_url) if q.broker_url else "embedded (filesystem, one host)")
+            + f"; visibility timeout {q.visibility_timeout_s} s; delivery retries "
+            f"{q.delivery_max_retries} (backoff {q.delivery_retry_base_s:g}..."
+            f"{q.delivery_retry_max_s:g} s)",
+        ]
+        if not self.destinations:
+            lines.append("destinations: none (results are recorded in the spool only)")
+        for dest in self.destinations:
+            where = (
+                f"folder {dest.folder}"
+                if dest.is_folder
+                else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}"
+            )
+            lines.append(f"destination {dest.name!r}: {where}")
+        return "\n".join(lines)
+
+    def with_node(self, **changes: object) -> NodeConfig:
+        """A copy with some [node] settings changed (tests, CLI flags)."""
+        return replace(self, node=replace(self.node, **changes))
+
+
+def _redact_url(url: str) -> str:
+    """A broker URL without its password (describe() output may end up in tickets)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user + ':***' if ':' in creds else user}@{host}"
+    return url

@@ -1,0 +1,85 @@
+"""The bodies of the three Celery tasks, bound to what they need and free of Celery.
+
+worker/queue/app.py wraps them in tasks, routes them to their queues and adds the retry policy;
+tests call them in-process. The model bundle is loaded lazily, once per worker process, and only
+by the stage that needs it: prepare reads the bundle's preprocessing settings, infer loads the
+networks, deliver needs no bundle at all (the bundle's description comes with the infer message).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import InputError
+from common.settings import Destination, NodeConfig
+from worker.delivery.send import deliver_recorded, result_store
+from worker.delivery.store import DestinationState, ResultStore
+from worker.pipeline import BundleModel, Pipeline, read_unit_files
+from worker.queue import messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageHandlers:
+    """prepare -> infer -> deliver for one unit, one call per stage, messages in between."""
+
+    pipeline: Pipeline
+    store: ResultStore
+    destinations: tuple[Destination, ...]
+    calling_ae: str
+
+    @classmethod
+    def for_config(cls, config: NodeConfig, pipeline: Pipeline | None = None) -> StageHandlers:
+        """The node's handlers: its bundle (unless ``pipeline`` is given), spool and
+        destinations."""
+        if pipeline is None:
+            pipeline = Pipeline(BundleModel(config.model.bundle, config.model.device))
+        return cls(pipeline, result_store(config), config.destinations, config.node.ae_title)
+
+    def prepare(
+        self, unit_id: str, seg_path: str | Path, image_paths: Sequence[str | Path]
+    ) -> dict[str, Any]:
+        """Spool files -> prepare message (crops + header-only datasets; no paths beyond here)."""
+        try:
+            seg, images = read_unit_files(unit_id, seg_path, image_paths)
+            unit = self.pipeline.prepare(seg, images)
+        except InputError as exc:
+            log.error("unit %s not processed: %s", unit_id, exc)
+            self.store.record_input_error(unit_id, str(exc))
+            raise
+        log.info("unit %s prepared: %d ROI(s)", unit_id, len(unit.rois))
+        return messages.prepared_message(unit_id, unit)
+
+    def infer(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """prepare message -> deliver message (the same unit plus predictions and bundle info)."""
+        messages.check_version(message)
+        predictions, info = self.pipeline.infer(messages.decode_unit(message))
+        log.info("unit %s inferred: %d prediction(s)", message["unit_id"], len(predictions))
+        return messages.inferred_message(message, predictions, info)
+
+    def deliver(
+        self, message: Mapping[str, Any], *, reuse_recorded: bool = False
+    ) -> dict[str, DestinationState]:
+        """Build the result objects, record them, then try every destination not yet sent.
+
+        With ``reuse_recorded`` (a retry) objects already recorded on this host are sent as they
+        are; a retry landing on another deliver host rebuilds them (same deterministic UIDs).
+        Returns each tried destination's state (``sent`` / ``pending``).
+        """
+        messages.check_version(message)
+        unit_id = str(message["unit_id"])
+        if not (reuse_recorded and self.store.has_objects(unit_id)):
+            unit = messages.decode_unit(message)
+            predictions = messages.decode_predictions(message)
+            info = messages.decode_bundle_info(message["bundle_info"])
+            objects = self.pipeline.results(unit, predictions, info).all()
+            self.store.record(unit_id, objects, [d.name for d in self.destinations])
+            log.info("unit %s: %d result objects recorded", unit_id, len(objects))
+        if not self.destinations:
+            log.warning("unit %s: no destinations configured; results only recorded", unit_id)
+        return deliver_recorded(self.store, unit_id, self.destinations, calling_ae=self.calling_ae)

@@ -1,0 +1,42 @@
+"""Assemble the result objects of one unit from the per-IOD builders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from model.bundle_info import BundleInfo
+from model.roi import RoiCrop, RoiPrediction
+from worker.results.heatmap_seg import build_heatmap_seg
+from worker.results.result_set import ResultSet
+from worker.results.secondary_capture import build_secondary_capture
+from worker.results.sr import build_sr
+from worker.results.uids import ResultUids
+
+
+def build_results(
+    seg: Dataset,
+    sources: Sequence[Dataset],
+    rois: Sequence[RoiCrop],
+    predictions: Sequence[RoiPrediction],
+    bundle: BundleInfo,
+) -> ResultSet:
+    """SR + one SC per ROI + one heatmap SEG per image with ROIs, UIDs derived from the SEG."""
+    if len(rois) != len(predictions):
+        raise ValueError(f"{len(rois)} ROIs but {len(predictions)} predictions")
+    uids = ResultUids(str(seg.SOPInstanceUID), bundle.digest)
+    images = {str(s.SOPInstanceUID): s for s in sources}
+    sr = build_sr(seg, sources, rois, predictions, bundle, uids)
+    scs = [
+        build_secondary_capture(i, roi, pred, images[roi.source_sop_instance_uid], bundle, uids)
+        for i, (roi, pred) in enumerate(zip(rois, predictions, strict=True))
+    ]
+    by_image: dict[str, list[tuple[int, RoiCrop, RoiPrediction]]] = {}
+    for i, (roi, pred) in enumerate(zip(rois, predictions, strict=True)):
+        by_image.setdefault(roi.source_sop_instance_uid, []).append((i, roi, pred))
+    heatmaps = [
+        build_heatmap_seg(images[uid], entries, bundle, uids, instance_number=n)
+        for n, (uid, entries) in enumerate(by_image.items(), start=1)
+    ]
+    return ResultSet(sr=sr, secondary_captures=scs, heatmap_segs=heatmaps)
