@@ -10,10 +10,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from common.sop_classes import MG_FOR_PRESENTATION
 from model.tasks import SUBTYPE5
 from molsub.synth import (
     CALC_THRESHOLD,
-    MG_FOR_PRESENTATION,
     SYNTHETIC_COMMENT,
     SynthStudy,
     assign_subtypes,
