@@ -11,6 +11,7 @@ from model.roi import RoiCrop, RoiPrediction
 from worker.results.heatmap_seg import build_heatmap_seg
 from worker.results.result_set import ResultSet
 from worker.results.secondary_capture import build_secondary_capture
+from worker.results.source_header import clean_header, clean_headers
 from worker.results.sr import build_sr
 from worker.results.uids import ResultUids
 
@@ -25,6 +26,8 @@ def build_results(
     """SR + one SC per ROI + one heatmap SEG per image with ROIs, UIDs derived from the SEG."""
     if len(rois) != len(predictions):
         raise ValueError(f"{len(rois)} ROIs but {len(predictions)} predictions")
+    # What the results copy from the inputs, made valid once (real headers break the rules).
+    seg, sources = clean_header(seg)[0], clean_headers(sources)
     uids = ResultUids(str(seg.SOPInstanceUID), bundle.digest)
     images = {str(s.SOPInstanceUID): s for s in sources}
     sr = build_sr(seg, sources, rois, predictions, bundle, uids)

@@ -11,7 +11,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from common.mammo import View
 from model.tasks import TASKS
 
 SCHEME = "99MOLSUB"
@@ -74,7 +73,6 @@ IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = Code("121106", "DCM", "Comment")
 IMAGE_VIEW = Code("111031", "DCM", "Image View")
-VIEW_CODES = {view: Code(view.snomed[0], "SCT", view.snomed[1]) for view in View}
 GRADCAM = codes.DCM.GradientWeightedClassActivation
 CLASS_ACTIVATION = codes.DCM.ClassActivation
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment

@@ -96,6 +96,23 @@ def build_heatmap_seg(
     )
     if "PatientOrientation" in source:
         seg.PatientOrientation = source.PatientOrientation
+    _drop_incomplete_pixel_measures(seg)
     seg.SeriesDescription = series_description("Grad-CAM map", bundle)
     add_research_use(seg, bundle)
     return seg
+
+
+def _drop_incomplete_pixel_measures(seg: Dataset) -> None:
+    """highdicom writes Pixel Measures from a source's PixelSpacing without the Slice Thickness
+    the macro then needs (a projection image has none), and copies the source's Frame of
+    Reference, which makes Pixel Measures required. A mammogram has no patient coordinates
+    (no Image Position / Orientation), so its Frame of Reference says nothing the heatmap
+    needs: the map is registered to the mammogram pixel by pixel through Derivation Image and
+    the Referenced Series. Both are left out then; viewers take the spacing from the image."""
+    for group in seg.get("SharedFunctionalGroupsSequence", []):
+        measures = group.get("PixelMeasuresSequence")
+        if measures and any("SliceThickness" not in item for item in measures):
+            del group.PixelMeasuresSequence
+            for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
+                if keyword in seg:
+                    delattr(seg, keyword)

@@ -14,6 +14,7 @@ from worker.results.equipment import (
     series_description,
 )
 from worker.results.overlay import render_overlay
+from worker.results.source_header import laterality_of
 from worker.results.uids import ResultUids
 
 SC_SERIES_NUMBER = 9902
@@ -43,7 +44,7 @@ def build_secondary_capture(
         instance_number=index + 1,
         manufacturer=MANUFACTURER,
         patient_orientation=orientation,
-        laterality=str(source.get("ImageLaterality", "")) or None,
+        laterality=laterality_of(source),
         contributing_equipment=[contributing_equipment(bundle)],
     )
     sc.SeriesDescription = series_description("Grad-CAM", bundle)

@@ -29,7 +29,6 @@ from worker.results.codes import (
     RESEARCH_USE_ONLY,
     TASK_CONCEPTS,
     UNTRAINED_MODEL,
-    VIEW_CODES,
     coding_scheme_identification,
 )
 from worker.results.equipment import (
@@ -39,6 +38,7 @@ from worker.results.equipment import (
     disclaimer,
     series_description,
 )
+from worker.results.source_header import laterality_of, view_code_of, view_position_of
 from worker.results.uids import ResultUids
 
 SR_SERIES_NUMBER = 9901
@@ -47,17 +47,6 @@ LESION = Code("52988006", "SCT", "Lesion")
 # refuses others); the mammogram itself is named in Performed Procedure Code Sequence.
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
 TASK_ORDER = ("subtype5", "luminal", "her2", "tn")
-
-
-def laterality_of(image: Dataset) -> str | None:
-    value = str(image.get("ImageLaterality", "") or image.get("Laterality", ""))
-    return value if value in ("L", "R") else None
-
-
-def view_of(image: Dataset) -> Code | None:
-    for item in image.get("ViewCodeSequence", []):
-        return Code(str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning))
-    return VIEW_CODES.get(str(image.get("ViewPosition", "")))
 
 
 def seg_frame_number(seg: Dataset, segment_number: int, source_uid: str) -> int:
@@ -83,7 +72,7 @@ def seg_frame_number(seg: Dataset, segment_number: int, source_uid: str) -> int:
 def roi_identifier(index: int, roi: RoiCrop, image: Dataset) -> str:
     """Human-readable tracking identifier, e.g. "ROI 1: Lesion 1 (segment 1) on L CC"."""
     lat = laterality_of(image) or "?"
-    view = str(image.get("ViewPosition", "")) or "?"
+    view = view_position_of(image) or "?"
     label = roi.segment_label or "lesion"
     return f"ROI {index + 1}: {label} (segment {roi.segment_number}) on {lat} {view}"[:64]
 
@@ -156,7 +145,7 @@ def _describe_image_library(content: Dataset, images: dict[str, Dataset]) -> Non
         if "ContentSequence" not in item:
             item.ContentSequence = []
         image = images[uid]
-        lat, view = laterality_of(image), view_of(image)
+        lat, view = laterality_of(image), view_code_of(image)
         if lat:
             item.ContentSequence.append(
                 hd.sr.CodeContentItem(
