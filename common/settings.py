@@ -8,9 +8,38 @@ builds them directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class InputPolicy(StrEnum):
+    """What the SCP does with a kind of object a PACS may route to it."""
+
+    PROCESS = "process"  # stored; a SEG's unit uses it
+    REFUSE = "refuse"  # its SOP class is not accepted at association negotiation
+    IGNORE = "ignore"  # accepted with success, logged by UID, not stored
+    FAIL = "fail"  # accepted, answered with a failure status that says it is not processed
+
+
+class MissingImagesPolicy(StrEnum):
+    """A SEG's unit whose images have not all arrived ``study_timeout_s`` after its last one."""
+
+    TIMEOUT = "timeout"  # timed_out, with the missing UIDs; reopened if they arrive after all
+    FAIL = "fail"  # failed, with the missing UIDs; a late image does not reopen it
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """[inputs]: the node processes MG For Presentation and the SEGs drawn on them; these are
+    the other objects a PACS may route (each choice documented in deploy/node.toml)."""
+
+    mg_for_processing: InputPolicy = InputPolicy.PROCESS
+    breast_tomosynthesis: InputPolicy = InputPolicy.REFUSE
+    breast_projection: InputPolicy = InputPolicy.REFUSE
+    secondary_capture: InputPolicy = InputPolicy.REFUSE  # vendor-wrapped DBT, digitised film
+    seg_images_missing: MissingImagesPolicy = MissingImagesPolicy.TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -36,6 +65,9 @@ class QueueSettings:
     delivery_max_retries: int = 8
     delivery_retry_base_s: float = 10.0
     delivery_retry_max_s: float = 600.0
+    # prepare and infer: transient failures (a lost worker, memory, a disk) are retried this
+    # often, with the same backoff, before the unit fails
+    stage_max_retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -58,6 +90,7 @@ class NodeConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None  # the node.toml read, None for built-in defaults
 
@@ -70,8 +103,7 @@ class NodeConfig:
             f"listen: AE title {n.ae_title!r} on {n.host}:{n.port}"
             + ("  (loopback only)" if n.host in LOOPBACK_HOSTS else ""),
             f"accept associations from: {callers}",
-            "accept: MG For Presentation, MG For Processing, Segmentation; other SOP classes "
-            "refused",
+            "process: MG For Presentation and the Segmentations drawn on them",
             f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
             f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
             f"model bundle: {self.model.bundle if self.model.bundle else '(not set)'}"
@@ -80,8 +112,15 @@ class NodeConfig:
             + (_redact_url(q.broker_url) if q.broker_url else "embedded (filesystem, one host)")
             + f"; visibility timeout {q.visibility_timeout_s} s; delivery retries "
             f"{q.delivery_max_retries} (backoff {q.delivery_retry_base_s:g}..."
-            f"{q.delivery_retry_max_s:g} s)",
+            f"{q.delivery_retry_max_s:g} s); prepare/infer retries {q.stage_max_retries}",
         ]
+        i = self.inputs
+        lines.append(
+            f"inputs: MG For Processing {i.mg_for_processing}, Breast Tomosynthesis "
+            f"{i.breast_tomosynthesis}, Breast Projection {i.breast_projection}, Secondary "
+            f"Capture {i.secondary_capture}; a SEG whose images never come: "
+            f"{i.seg_images_missing}"
+        )
         if not self.destinations:
             lines.append("destinations: none (results are recorded in the spool only)")
         for dest in self.destinations:

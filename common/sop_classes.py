@@ -6,6 +6,15 @@ Imports nothing heavy: the SCP checks every received object against these.
 from __future__ import annotations
 
 from pydicom.uid import (
+    BreastProjectionXRayImageStorageForPresentation as BREAST_PROJECTION_FOR_PRESENTATION,
+)
+from pydicom.uid import (
+    BreastProjectionXRayImageStorageForProcessing as BREAST_PROJECTION_FOR_PROCESSING,
+)
+from pydicom.uid import (
+    BreastTomosynthesisImageStorage as BREAST_TOMOSYNTHESIS,
+)
+from pydicom.uid import (
     Comprehensive3DSRStorage as COMPREHENSIVE_3D_SR,
 )
 from pydicom.uid import (
@@ -24,6 +33,9 @@ from pydicom.uid import (
 MG_SOP_CLASSES = frozenset({MG_FOR_PRESENTATION, MG_FOR_PROCESSING})
 
 __all__ = [
+    "BREAST_PROJECTION_FOR_PRESENTATION",
+    "BREAST_PROJECTION_FOR_PROCESSING",
+    "BREAST_TOMOSYNTHESIS",
     "COMPREHENSIVE_3D_SR",
     "MG_FOR_PRESENTATION",
     "MG_FOR_PROCESSING",

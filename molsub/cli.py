@@ -6,13 +6,18 @@ Heavy imports (torch, highdicom) happen inside the commands so that `molsub --he
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import BundleError, InputError
-from common.units import UnitState
+from common.units import Unit, UnitState
+
+if TYPE_CHECKING:
+    from scp.state import StateDB
 
 log = logging.getLogger("molsub")
 
@@ -117,7 +122,49 @@ def _cmd_units(args: argparse.Namespace) -> int:
     from scp.state import format_units, unit_status
 
     config = load_node_config(args.config)
-    print(format_units(unit_status(config.node.spool_dir, args.state)))
+    units = unit_status(config.node.spool_dir, args.state)
+    if args.json:
+        print(json.dumps([u.as_dict() for u in units], indent=2))
+    else:
+        print(format_units(units))
+    return EXIT_OK
+
+
+def _reset(db: StateDB, unit: Unit) -> bool:
+    """Forget what the workers reported, then make the unit ready (in this order: the node
+    must not see the old failure again once the unit is back in flight)."""
+    from common.progress import ProgressFiles
+
+    ProgressFiles(db.root).clear(unit.unit_id)
+    return db.retry(unit.unit_id)
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from common.spool_layout import SpoolLayout
+    from molsub.config import load_node_config
+    from scp.state import StateDB
+
+    config = load_node_config(args.config)
+    layout = SpoolLayout.at(config.node.spool_dir)
+    if not layout.state_db.exists():
+        print(f"error: no state database in {layout.root}", file=sys.stderr)
+        return EXIT_FAILED
+    db = StateDB(layout.state_db)
+    try:
+        unit = db.get_unit(args.unit)
+        if unit is None:
+            print(f"error: no unit {args.unit} in {layout.root}", file=sys.stderr)
+            return EXIT_FAILED
+        if unit.state not in (UnitState.FAILED, UnitState.TIMED_OUT) or not _reset(db, unit):
+            print(
+                f"error: unit {args.unit} is {unit.state}; only failed or timed-out units "
+                "are retried",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+    finally:
+        db.close()
+    print(f"unit {args.unit}: ready again; the running node enqueues it from its spooled objects")
     return EXIT_OK
 
 
@@ -196,7 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="only units in this state",
     )
+    p.add_argument("--json", action="store_true", help="JSON for scripts, one object per unit")
     p.set_defaults(func=_cmd_units)
+
+    p = sub.add_parser(
+        "retry", help="run a failed or timed-out unit again from its spooled objects"
+    )
+    p.add_argument("unit", help="unit id (the SEG's SOP Instance UID)")
+    p.add_argument("--config", type=Path, default=None)
+    p.set_defaults(func=_cmd_retry)
 
     p = sub.add_parser("resend", help="send a unit's recorded results to the destinations again")
     p.add_argument("unit", help="unit id (the SEG's SOP Instance UID)")
@@ -259,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("highdicom").setLevel(logging.WARNING)
+        # pydicom warns about each invalid value it reads with the value itself: patient data.
+        # The node checks values on its own terms (worker/results/source_header.py) and logs
+        # keywords and UIDs only; -v (debug) lets pydicom speak.
+        import pydicom.config
+
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     from molsub.config import ConfigError
 
     try:

@@ -19,11 +19,14 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from common.settings import (
     Destination,
+    InputPolicy,
+    InputSettings,
     ModelSettings,
     NodeConfig,
     NodeSettings,
@@ -43,7 +46,10 @@ _SECTIONS: dict[str, type] = {
     "node": NodeSettings,
     "model": ModelSettings,
     "queue": QueueSettings,
+    "inputs": InputSettings,
 }
+# [inputs] policies that make no sense for a kind (the node has no model for tomosynthesis).
+_NOT_PROCESSED = ("breast_tomosynthesis", "breast_projection", "secondary_capture")
 
 
 def load_node_config(path: str | Path | None = None) -> NodeConfig:
@@ -85,6 +91,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         node=sections["node"],
         model=sections["model"],
         queue=sections["queue"],
+        inputs=sections["inputs"],
         destinations=destinations,
         source=source,
     )
@@ -157,6 +164,10 @@ def _convert(value: object, hint: object, label: str) -> object:
             if not isinstance(value, str):
                 raise TypeError
             return value
+        if isinstance(hint, type) and issubclass(hint, StrEnum):
+            if not isinstance(value, str):
+                raise TypeError
+            return hint(value.strip().lower())
     except (TypeError, ValueError, KeyError):
         pass
     else:
@@ -164,6 +175,8 @@ def _convert(value: object, hint: object, label: str) -> object:
     wanted = {int: "an integer", float: "a number", Path: "a path", str: "a string"}.get(
         hint, "a list of strings" if typing.get_origin(hint) is tuple else str(hint)
     )
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        wanted = "one of " + ", ".join(f'"{v}"' for v in hint)
     raise ConfigError(f"{label}: must be {wanted}, got {value!r}")
 
 
@@ -222,11 +235,19 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
         raise ConfigError(f"{queue('visibility_timeout_s')}: must be > 0")
     if q.delivery_max_retries < 0:
         raise ConfigError(f"{queue('delivery_max_retries')}: must be >= 0")
+    if q.stage_max_retries < 0:
+        raise ConfigError(f"{queue('stage_max_retries')}: must be >= 0")
     if q.delivery_retry_base_s <= 0 or q.delivery_retry_max_s < q.delivery_retry_base_s:
         raise ConfigError(
             f"{queue('delivery_retry_base_s')} / {queue('delivery_retry_max_s')}: "
             "need 0 < base <= max"
         )
+    for key in _NOT_PROCESSED:
+        if getattr(config.inputs, key) is InputPolicy.PROCESS:
+            raise ConfigError(
+                f"{_label('inputs', key, env)}: the node has no model for these images; "
+                'use "refuse", "ignore" or "fail"'
+            )
     names: set[str] = set()
     for dest in config.destinations:
         label = f"[[destinations]] {dest.name!r}"
@@ -265,7 +286,13 @@ def to_toml(config: NodeConfig) -> str:
     How the demo, the tests and the benches write the config of a node they start.
     """
     lines = [f"# {_TOML_HEADER}"]
-    for name, section in (("node", config.node), ("model", config.model), ("queue", config.queue)):
+    sections = (
+        ("node", config.node),
+        ("model", config.model),
+        ("queue", config.queue),
+        ("inputs", config.inputs),
+    )
+    for name, section in sections:
         lines.append(f"[{name}]")
         lines += _toml_items(section)
     for dest in config.destinations:

@@ -157,7 +157,7 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     processes = start_local_workers(config) if workers else []
-    scp = NodeSCP(config.node, enqueue)
+    scp = NodeSCP(config.node, enqueue, inputs=config.inputs)
     try:
         scp.start()
         # The line a supervisor or a test waits for; the real port when 0 was asked for.

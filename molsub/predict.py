@@ -82,7 +82,7 @@ def predict_files(
     write_png: bool = True,
 ) -> PredictReport:
     """Run every SEG among ``paths`` through the node's pipeline; write the objects."""
-    from worker.pipeline import BundleModel, Pipeline
+    from worker.pipeline import BundleModel, Pipeline, failure_kind
     from worker.results.overlay import render_overlay
     from worker.results.summary import summarize_sr
 
@@ -95,9 +95,10 @@ def predict_files(
         seg_uid = str(seg.SOPInstanceUID)
         try:
             output = pipeline.run(seg, images)
-        except InputError as exc:
-            log.error("SEG %s not processed: %s", seg_uid, exc)
-            report.failures.append(str(exc))
+        except Exception as exc:  # one SEG's failure must not stop the others; each is reported
+            reason = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            log.error("SEG %s not processed (%s): %s", seg_uid, failure_kind(exc), reason)
+            report.failures.append(f"SEG {seg_uid}: {reason}" if seg_uid not in reason else reason)
             continue
         target = out_dir / seg_uid
         target.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,25 @@ import sqlite3
 
 from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from common.errors import InputError
-from common.settings import NodeSettings
+from common.progress import ProgressFiles
+from common.settings import InputPolicy, InputSettings, NodeSettings
+from common.sop_classes import (
+    BREAST_PROJECTION_FOR_PRESENTATION,
+    BREAST_PROJECTION_FOR_PROCESSING,
+    BREAST_TOMOSYNTHESIS,
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    SECONDARY_CAPTURE,
+    SEGMENTATION,
+)
 from scp.dispatcher import Dispatcher, EnqueueFn
-from scp.spool import ACCEPTED_SOP_CLASSES, Spool
+from scp.spool import Spool
 from scp.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -50,8 +61,28 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 class NodeSCP:
     """The receiving side of the node: AE + spool + state database + dispatcher thread."""
 
-    def __init__(self, settings: NodeSettings, enqueue: EnqueueFn, *, poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        enqueue: EnqueueFn,
+        *,
+        inputs: InputSettings | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
         self.settings = settings
+        self.inputs = inputs or InputSettings()
+        # The objects a PACS may route that are not the node's input, each with its [inputs]
+        # policy (PROCESS for MG For Processing means: spooled like For Presentation).
+        self.policies: dict[str, tuple[str, InputPolicy]] = {
+            MG_FOR_PROCESSING: ("mg_for_processing", self.inputs.mg_for_processing),
+            BREAST_TOMOSYNTHESIS: ("breast_tomosynthesis", self.inputs.breast_tomosynthesis),
+            BREAST_PROJECTION_FOR_PRESENTATION: (
+                "breast_projection",
+                self.inputs.breast_projection,
+            ),
+            BREAST_PROJECTION_FOR_PROCESSING: ("breast_projection", self.inputs.breast_projection),
+            SECONDARY_CAPTURE: ("secondary_capture", self.inputs.secondary_capture),
+        }
         self.spool = Spool(settings.spool_dir)
         self._enqueue = enqueue
         self._poll_s = poll_s
@@ -69,13 +100,20 @@ class NodeSCP:
         node = self.settings
         self.spool.clear_temporary()
         self.db = StateDB(self.spool.layout.state_db, self.spool.root)
-        self.dispatcher = Dispatcher(self.db, self._enqueue, node.study_timeout_s, self._poll_s)
+        self.dispatcher = Dispatcher(
+            self.db,
+            self._enqueue,
+            node.study_timeout_s,
+            self._poll_s,
+            progress=ProgressFiles(self.spool.root),
+            missing_images=self.inputs.seg_images_missing,
+        )
         # Module-level pynetdicom switch: received datasets go to a file, not memory.
         self._chunked_before = _config.STORE_RECV_CHUNKED_DATASET
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=node.ae_title)
         ae.add_supported_context(Verification)
-        for sop_class in ACCEPTED_SOP_CLASSES:
+        for sop_class in self.negotiated_sop_classes():
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         ae.require_calling_aet = list(node.allowed_calling_aets)
         self.ae = ae
@@ -125,12 +163,29 @@ class NodeSCP:
             return self.settings.port
         return int(self._server.server_address[1])
 
+    def negotiated_sop_classes(self) -> list[str]:
+        """MG For Presentation and SEG, and every other kind whose policy is not ``refuse``."""
+        accepted = [MG_FOR_PRESENTATION, SEGMENTATION]
+        accepted += [uid for uid, (_, p) in self.policies.items() if p is not InputPolicy.REFUSE]
+        return accepted
+
     # -- C-STORE -------------------------------------------------------------------------------
 
     def _handle_store(self, event: evt.Event) -> Dataset | int:
         request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         calling = event.assoc.requestor.ae_title
         assert self.db is not None and self.dispatcher is not None
+        sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+        kind, policy = self.policies.get(sop_class, ("", InputPolicy.PROCESS))
+        if policy is InputPolicy.IGNORE:
+            # Not stored: pynetdicom removes the received file when the handler returns.
+            log.info("C-STORE of %s from %s ignored ([inputs] %s)", request_uid, calling, kind)
+            return STATUS_SUCCESS
+        if policy is InputPolicy.FAIL:
+            log.warning(
+                "C-STORE of %s from %s not processed ([inputs] %s)", request_uid, calling, kind
+            )
+            return _status(STATUS_CANNOT_UNDERSTAND, f"{UID(sop_class).name} not processed here")
         try:
             tmp, info = self.spool.receive(event.dataset_path, request_uid, move=True)
         except InputError as exc:

@@ -1,9 +1,10 @@
 """The spool's state database (SQLite, WAL, synchronous=FULL): instances received and units.
 
-A unit is one SEG and the images it references. Its state moves
-``waiting -> ready -> enqueued -> done | failed``, or ``waiting -> timed_out``; a timed-out
-unit goes back to ``waiting`` when one of its objects arrives after all (a late image, or the
-SEG sent again), so a study routed again by hand is still processed. ``ready`` is
+A unit is one SEG and the images it references. Its state moves ``waiting -> ready ->
+enqueued -> prepared -> inferred -> done``, or to ``failed`` (common/units.py), or
+``waiting -> timed_out``; a timed-out unit goes back to ``waiting`` when one of its objects
+arrives after all (a late image, or the SEG sent again), so a study routed again by hand is
+still processed. When each state was reached is kept per unit (``times``). ``ready`` is
 set in the same transaction that records the unit's last missing object (the outbox pattern):
 whatever crashes afterwards, the unit is found ready at the next start and enqueued then, and
 only a unit recorded ``enqueued`` is never offered again.
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.progress import Progress
 from common.spool_layout import SpoolLayout
 from common.units import Unit, UnitState
 from scp.spool import ObjectInfo
@@ -29,6 +31,9 @@ WAITING, READY, ENQUEUED, TIMED_OUT = (
     UnitState.ENQUEUED,
     UnitState.TIMED_OUT,
 )
+
+# Stamps the time a state was reached into the unit's ``times`` (bind: state, time).
+_TIMES = "times = json_set(times, '$.' || ?, ?)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -47,7 +52,8 @@ CREATE TABLE IF NOT EXISTS units (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    times TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS unit_refs (
     unit_id TEXT NOT NULL REFERENCES units(unit_id),
@@ -75,6 +81,9 @@ class StateDB:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(units)")}
+            if "times" not in columns:  # a spool from before the unit timings
+                self._conn.execute("ALTER TABLE units ADD COLUMN times TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -125,8 +134,9 @@ class StateDB:
                 )
             ready = [u for u in touched if u and self._complete(cur, u)]
             cur.executemany(
-                "UPDATE units SET state = ?, updated_at = ? WHERE unit_id = ? AND state = ?",
-                [(READY, now, unit_id, WAITING) for unit_id in ready],
+                f"UPDATE units SET state = ?, updated_at = ?, {_TIMES} WHERE unit_id = ? "
+                "AND state = ?",
+                [(READY, now, READY, now, unit_id, WAITING) for unit_id in ready],
             )
         return ready
 
@@ -174,9 +184,13 @@ class StateDB:
 
     # -- state changes -------------------------------------------------------------------------
 
-    def expire_waiting(self, timeout_s: float, now: float | None = None) -> list[Unit]:
-        """Close units still waiting ``timeout_s`` after their last object; returns them."""
+    def expire_waiting(
+        self, timeout_s: float, now: float | None = None, *, fail: bool = False
+    ) -> list[Unit]:
+        """Close units still waiting ``timeout_s`` after their last object: ``timed_out`` (a late
+        image reopens it) or, with ``fail``, ``failed`` for good. Returns them."""
         now = time.time() if now is None else now
+        state = UnitState.FAILED if fail else TIMED_OUT
         with self._transaction() as cur:
             ids = [
                 r["unit_id"]
@@ -186,10 +200,23 @@ class StateDB:
                 ).fetchall()
             ]
             cur.executemany(
-                "UPDATE units SET state = ?, updated_at = ?, detail = ? WHERE unit_id = ?",
-                [(TIMED_OUT, now, f"incomplete after {timeout_s:g} s", i) for i in ids],
+                f"UPDATE units SET state = ?, updated_at = ?, detail = ?, {_TIMES} "
+                "WHERE unit_id = ?",
+                [(state, now, self._missing_reason(cur, i, timeout_s), state, now, i) for i in ids],
             )
         return [u for u in (self.get_unit(i) for i in ids) if u is not None]
+
+    @staticmethod
+    def _missing_reason(cur: sqlite3.Cursor, unit_id: str, timeout_s: float) -> str:
+        missing = [
+            r["sop_uid"]
+            for r in cur.execute(
+                "SELECT r.sop_uid FROM unit_refs r LEFT JOIN instances i USING (sop_uid) "
+                "WHERE r.unit_id = ? AND i.sop_uid IS NULL",
+                (unit_id,),
+            )
+        ]
+        return f"incomplete after {timeout_s:g} s: image(s) {', '.join(missing)} never arrived"
 
     def mark_enqueued(self, unit_id: str, now: float | None = None) -> bool:
         """ready -> enqueued; False if the unit was not ready (nothing changed)."""
@@ -204,6 +231,39 @@ class StateDB:
             raise ValueError(f"unknown unit state {state!r}; known: {known}")
         return self._move(unit_id, None, UnitState(state), detail, now)
 
+    def record_progress(self, unit_id: str, progress: Progress) -> bool:
+        """Take what the workers reported (common/progress.py): the state, when each stage was
+        reached and a failure's reason. Only a unit still in flight moves; False otherwise."""
+        in_flight = [s for s in UnitState if s.in_flight]
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT state, times FROM units WHERE unit_id = ?", (unit_id,)
+            ).fetchone()
+            if row is None or UnitState(row["state"]) not in in_flight:
+                return False
+            times = {**json.loads(row["times"]), **progress.at}
+            detail = f"{progress.failure}: {progress.reason}" if progress.failure else ""
+            cur.execute(
+                "UPDATE units SET state = ?, detail = ?, updated_at = ?, times = ? "
+                "WHERE unit_id = ?",
+                (progress.state, detail, time.time(), json.dumps(times), unit_id),
+            )
+        return True
+
+    def retry(self, unit_id: str, now: float | None = None) -> bool:
+        """failed or timed_out -> ready (``molsub retry``): the dispatcher enqueues it again from
+        its spooled objects. False for an unknown unit or one in another state."""
+        now = time.time() if now is None else now
+        with self._transaction() as cur:
+            return (
+                cur.execute(
+                    "UPDATE units SET state = ?, detail = '', updated_at = ?, times = ? "
+                    "WHERE unit_id = ? AND state IN (?, ?)",
+                    (READY, now, json.dumps({READY: now}), unit_id, UnitState.FAILED, TIMED_OUT),
+                ).rowcount
+                == 1
+            )
+
     def _move(
         self,
         unit_id: str,
@@ -213,8 +273,8 @@ class StateDB:
         now: float | None,
     ) -> bool:
         now = time.time() if now is None else now
-        sql = "UPDATE units SET state = ?, detail = ?, updated_at = ? WHERE unit_id = ?"
-        args: tuple[object, ...] = (to_state, detail, now, unit_id)
+        sql = f"UPDATE units SET state = ?, detail = ?, updated_at = ?, {_TIMES} WHERE unit_id = ?"
+        args: tuple[object, ...] = (to_state, detail, now, to_state, now, unit_id)
         if from_state is not None:
             sql += " AND state = ?"
             args += (from_state,)
@@ -239,6 +299,16 @@ class StateDB:
 
     def ready_units(self) -> list[Unit]:
         return self.list_units(READY)
+
+    def in_flight_units(self) -> list[Unit]:
+        """Units handed to the workers and not finished (their progress is followed)."""
+        states = [s for s in UnitState if s.in_flight]
+        marks = ", ".join("?" for _ in states)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT * FROM units WHERE state IN ({marks}) ORDER BY created_at", states
+            ).fetchall()
+            return [self._unit(r) for r in rows]
 
     def count_instances(self) -> int:
         with self._lock:
@@ -267,6 +337,7 @@ class StateDB:
             updated_at=row["updated_at"],
             last_received_at=row["last_received_at"],
             detail=row["detail"],
+            times=json.loads(row["times"]),
             seg_path=self.root / seg["path"] if seg else None,
             image_paths=tuple(paths[uid] for uid in refs if uid in paths),
             missing_uids=tuple(uid for uid in refs if uid not in paths),
@@ -281,14 +352,27 @@ class StateDB:
 
 
 def format_units(units: list[Unit]) -> str:
-    """A plain table of units for the CLI (UIDs only)."""
+    """A plain table of units for the CLI: UIDs, state, when it was received, ready and
+    finished (UTC), and why it failed. No patient data."""
     if not units:
         return "no units"
-    lines = [f"{'UNIT (SEG UID)':<64}  {'STATE':<9}  IMAGES  UPDATED (UTC)"]
+
+    def stamp(epoch: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
+
+    lines = [
+        f"{'UNIT (SEG UID)':<64}  {'STATE':<9}  IMAGES  {'RECEIVED':<19}  {'READY':<19}  "
+        f"{'FINISHED':<19}  REASON"
+    ]
     for u in units:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.updated_at))
+        finished = u.times.get(UnitState.DONE) or u.times.get(UnitState.FAILED)
+        if u.state is TIMED_OUT:
+            finished = u.times.get(TIMED_OUT)
         images = f"{len(u.image_paths)}/{len(u.referenced_uids)}"
-        lines.append(f"{u.unit_id:<64}  {u.state:<9}  {images:<6}  {stamp}  {u.detail}".rstrip())
+        lines.append(
+            f"{u.unit_id:<64}  {u.state:<9}  {images:<6}  {stamp(u.received_at):<19}  "
+            f"{stamp(u.times.get(READY)):<19}  {stamp(finished):<19}  {u.detail}".rstrip()
+        )
     return "\n".join(lines)
 
 

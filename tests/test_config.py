@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from common.settings import NodeConfig
-from molsub.config import ConfigError, load_config
+from common.settings import InputPolicy, InputSettings, MissingImagesPolicy, NodeConfig
+from molsub.config import ConfigError, load_config, to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,3 +145,41 @@ def test_validation_names_key_and_reason(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_input_policies_default_and_override(tmp_path: Path) -> None:
+    defaults = load_config(None, {}).inputs
+    assert defaults == InputSettings()
+    assert (defaults.mg_for_processing, defaults.breast_tomosynthesis) == ("process", "refuse")
+    assert defaults.seg_images_missing == MissingImagesPolicy.TIMEOUT
+    path = tmp_path / "node.toml"
+    path.write_text('[inputs]\nsecondary_capture = "ignore"\nseg_images_missing = "fail"\n')
+    config = load_config(path, {"MOLSUB_INPUTS_MG_FOR_PROCESSING": "Refuse"})
+    assert config.inputs.secondary_capture is InputPolicy.IGNORE
+    assert config.inputs.seg_images_missing is MissingImagesPolicy.FAIL
+    assert config.inputs.mg_for_processing is InputPolicy.REFUSE  # case-insensitive from env
+    again = load_config(write_back(load_config(path, {}), tmp_path), {})
+    assert again.inputs == load_config(path, {}).inputs  # to_toml writes [inputs] back
+
+
+def write_back(config: NodeConfig, tmp_path: Path) -> Path:
+    """molsub.config.to_toml, as the demo, tests and benches write a node.toml."""
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[inputs]\nbreast_tomosynthesis = "process"\n', "no model for these images"),
+        ('[inputs]\nsecondary_capture = "keep"\n', 'must be one of "process", "refuse"'),
+        ('[inputs]\nseg_images_missing = "ignore"\n', 'must be one of "timeout", "fail"'),
+        ("[inputs]\nmg_for_processing = 1\n", "[inputs] mg_for_processing"),
+    ],
+)
+def test_bad_input_policies_name_key_and_choices(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path, {})

@@ -239,6 +239,15 @@ def embedded_run(
                 every_s=1.0,
             )
             seconds = time.monotonic() - started
+
+            def unit_done() -> bool:
+                listed = run_cli("units", "--config", str(config), "--json")
+                return any(
+                    u["unit_id"] == study.seg_uid and u["state"] == "done"
+                    for u in json.loads(listed.stdout or "[]")
+                )
+
+            wait_for(unit_done, RESULTS_TIMEOUT_S, "the unit to be done", every_s=1.0)
             units = run_cli("units", "--config", str(config))
             stop_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -285,15 +294,13 @@ def test_embedded_mode_results_reach_pacs_and_folder(
 
 
 @pytest.mark.slow
-def test_embedded_mode_units_lists_unit_enqueued(
-    embedded_run: EmbeddedRun, study: SynthStudy
-) -> None:
+def test_embedded_mode_units_lists_unit_done(embedded_run: EmbeddedRun, study: SynthStudy) -> None:
     units = embedded_run.units
     assert units.returncode == 0, units.stderr
     rows = [line.split() for line in units.stdout.splitlines()]
     row = next((r for r in rows if r and r[0] == study.seg_uid), None)
     assert row is not None, units.stdout
-    assert row[1] == "enqueued" and row[2] == "2/2", units.stdout
+    assert row[1] == "done" and row[2] == "2/2", units.stdout
 
 
 @pytest.mark.slow
@@ -398,6 +405,14 @@ def test_redis_mode_separate_workers_destination_down_at_first(
             status = json.loads(status_file.read_text())
             assert status["destinations"]["pacs"]["state"] == "sent"
             assert status["destinations"]["pacs"]["attempts"] >= 2
+
+            def unit_state() -> str:
+                listed = run_cli("units", "--config", str(config), "--json", env=env)
+                unit = next(u for u in json.loads(listed.stdout) if u["unit_id"] == study.seg_uid)
+                return unit["state"] if unit["state"] in ("done", "failed") else ""
+
+            # The node follows the workers on other processes through the spool: done.
+            assert wait_for(unit_state, 60, "the unit to end", every_s=1.0) == "done"
         # Redis carried the tasks: no embedded filesystem queue was ever made in the spool.
         assert not (tmp_path / "spool" / "queue").exists()
 

@@ -16,7 +16,8 @@ import pytest
 from pydicom import uid
 from pynetdicom import AE
 
-from common.settings import NodeSettings
+from common.settings import InputPolicy, InputSettings, NodeSettings
+from common.sop_classes import BREAST_PROJECTION_FOR_PRESENTATION
 from common.units import Unit, UnitState
 from molsub.launch import start_node
 from scp.server import NodeSCP
@@ -81,9 +82,11 @@ def start_scp(tmp_path: Path) -> Iterator[StartFn]:
     """Start a NodeSCP on a free port over tmp_path/spool; all are stopped at teardown."""
     started: list[NodeSCP] = []
 
-    def start(enqueue: Callable[[Unit], None], **node: object) -> NodeSCP:
+    def start(
+        enqueue: Callable[[Unit], None], inputs: InputSettings | None = None, **node: object
+    ) -> NodeSCP:
         settings = {"port": free_port(), "spool_dir": tmp_path / "spool", **node}
-        scp = NodeSCP(NodeSettings(**settings), enqueue, poll_s=0.05)
+        scp = NodeSCP(NodeSettings(**settings), enqueue, inputs=inputs, poll_s=0.05)
         scp.start()
         started.append(scp)
         return scp
@@ -290,6 +293,79 @@ def test_unsupported_sop_class_refused_at_negotiation(
     assert result.returncode != 0
     assert "No Acceptable Presentation Contexts" in result.stderr
     assert spooled_files(tmp_path / "spool") == []
+
+
+def _breast_projection(samples_dir: Path, folder: Path) -> Path:
+    """A real MG sample relabelled Breast Projection X-Ray (no public sample exists)."""
+    ds = pydicom.dcmread(samples_dir / "mg" / "MG_Explicit_Little.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BREAST_PROJECTION_FOR_PRESENTATION
+    return write(ds, folder, "breast-projection.dcm")
+
+
+POLICY_SAMPLES = {
+    "mg_for_processing": "mg/MG-Im-GE_Seno_1_ForProcessing.dcm",
+    "breast_tomosynthesis": "mg/jpeg2k_3d.dcm",
+    "secondary_capture": "mg/MG-Im-Hologic-PropProj.dcm",  # Modality MG, no pixel data
+    "breast_projection": None,  # made by _breast_projection
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "policy"),
+    [
+        (kind, policy)
+        for kind in sorted(POLICY_SAMPLES)
+        for policy in ("refuse", "ignore", "fail", "process")
+        if policy != "process" or kind == "mg_for_processing"  # the others cannot be processed
+    ],
+)
+def test_input_policies_for_objects_the_node_does_not_process(
+    start_scp: StartFn,
+    samples_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    policy: str,
+) -> None:
+    sample = POLICY_SAMPLES[kind]
+    path = samples_dir / sample if sample else _breast_projection(samples_dir, tmp_path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uid = str(ds.SOPInstanceUID)
+    scp = start_scp(Recorder(), inputs=InputSettings(**{kind: InputPolicy(policy)}))
+    with caplog.at_level("INFO", logger="scp.server"):
+        # pynetdicom as the sender: dcmtk cannot read the Hologic sample's header at all.
+        outcome = store_as_sent(scp.port, path, ds)
+    stored = spooled_files(tmp_path / "spool")
+    if policy == "refuse":
+        assert outcome == "no accepted presentation context"
+        assert stored == []
+    elif policy == "ignore":
+        assert outcome == 0x0000
+        assert stored == []
+        assert f"C-STORE of {uid} from {SCU_AET} ignored ([inputs] {kind})" in caplog.text
+    elif policy == "fail":
+        assert outcome == 0xC000
+        assert stored == []
+        assert f"C-STORE of {uid} from {SCU_AET} not processed ([inputs] {kind})" in caplog.text
+    else:
+        assert outcome == 0x0000
+        assert [p.name for p in stored] == [f"{uid}.dcm"]
+
+
+def store_as_sent(port: int, path: Path, ds: pydicom.Dataset) -> int | str:
+    """C-STORE ``path`` in its own SOP class and transfer syntax; the status, or why not."""
+    ae = AE(ae_title=SCU_AET)
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MOLSUB")
+    if assoc.is_rejected:
+        return "association rejected"
+    if not assoc.is_established or not assoc.accepted_contexts:
+        return "no accepted presentation context"  # pynetdicom aborts when none is accepted
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    return int(status.Status)
 
 
 def test_calling_ae_not_allowed_is_rejected(

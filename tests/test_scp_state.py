@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from common.errors import InputError
+from common.progress import FailureKind, Progress
 from common.seg_refs import referenced_image_uids
 from common.units import Unit, UnitState
 from scp import spool as spool_module
@@ -114,7 +115,44 @@ def test_timeout_counts_from_last_received_object(db: StateDB, tmp_path: Path) -
     assert db.expire_waiting(60.0, now=100.0) == []  # 50 s since the last object
     [expired] = db.expire_waiting(60.0, now=111.0)
     assert expired.state == UnitState.TIMED_OUT and expired.missing_uids == ("1.2",)
-    assert expired.detail == "incomplete after 60 s"
+    assert expired.detail == "incomplete after 60 s: image(s) 1.2 never arrived"
+    assert "timed_out" in expired.times
+
+
+def test_missing_images_policy_fail_ends_the_unit_for_good(db: StateDB, tmp_path: Path) -> None:
+    db.record_instance(seg_info("9.9", ("1.1", "1.2")), tmp_path / "s.dcm", now=0.0)
+    [expired] = db.expire_waiting(60.0, now=61.0, fail=True)
+    assert expired.state == UnitState.FAILED
+    assert expired.detail == "incomplete after 60 s: image(s) 1.1, 1.2 never arrived"
+    assert db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=70.0) == []
+    assert db.record_instance(mg_info("1.2"), tmp_path / "b.dcm", now=71.0) == []
+    assert db.get_unit("9.9").state == UnitState.FAILED  # a late image does not reopen it
+
+
+def test_progress_moves_only_units_in_flight_and_retry_reopens_failed(
+    db: StateDB, tmp_path: Path
+) -> None:
+    db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm", now=0.0)
+    failed = Progress(
+        UnitState.FAILED,
+        at={"prepared": 5.0, "failed": 6.0},
+        reason="prepare: object 9.9: segment 1 is empty",
+        failure=FailureKind.PERMANENT,
+    )
+    assert not db.record_progress("9.9", failed)  # still waiting: not the workers' yet
+    db.record_instance(mg_info("1.1"), tmp_path / "a.dcm", now=1.0)
+    assert db.mark_enqueued("9.9", now=2.0)
+    assert db.record_progress("9.9", failed)
+    unit = db.get_unit("9.9")
+    assert unit.state == UnitState.FAILED
+    assert unit.detail == "permanent: prepare: object 9.9: segment 1 is empty"
+    assert unit.times == {"ready": 1.0, "enqueued": 2.0, "prepared": 5.0, "failed": 6.0}
+    assert not db.record_progress("9.9", Progress(UnitState.DONE))  # final: stays failed
+    assert db.retry("9.9", now=10.0)
+    unit = db.get_unit("9.9")
+    assert (unit.state, unit.detail, unit.times) == (UnitState.READY, "", {"ready": 10.0})
+    assert not db.retry("9.9")  # ready is not retried
+    assert [u.unit_id for u in db.ready_units()] == ["9.9"]
 
 
 def test_late_image_reopens_timed_out_unit(db: StateDB, tmp_path: Path) -> None:

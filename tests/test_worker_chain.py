@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from common.progress import FailureKind, ProgressFiles
 from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
+from common.units import UnitState
 from molsub.launch import free_port, redis_server, stop_process, wait_for, write_config
 from tests.dicom_peers import received_uids, start_storescp
 from tests.factories import disk_mask, make_mg, make_seg
@@ -248,3 +250,43 @@ def test_embedded_broker_chain_retries_fail_then_resend(tmp_path: Path) -> None:
         worker.stop()
         if storescp:
             stop_process(storescp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["permanent", "transient"])
+def test_infer_failure_is_reported_through_the_spool_and_ends_the_unit(
+    tmp_path: Path, kind: str
+) -> None:
+    """infer may run where the spool is not: its failure travels as a report task to a deliver
+    worker, which records it for the node. Permanent at once, transient after its retries."""
+    spool = tmp_path / "spool"
+    config = NodeConfig(
+        node=NodeSettings(spool_dir=spool), destinations=(Destination("f", folder=tmp_path / "o"),)
+    )
+    unit_id, seg_path, image_paths = write_unit(spool)
+    worker = Worker(
+        tmp_path,
+        config,
+        MOLSUB_TEST_INFER_FAILS=kind,
+        MOLSUB_QUEUE_STAGE_MAX_RETRIES="1",
+        MOLSUB_QUEUE_DELIVERY_RETRY_BASE_S="1",
+    )
+    try:
+        enqueue_unit(make_celery_app(config), unit_id, seg_path, image_paths)
+        progress = ProgressFiles(spool)
+        final = wait_for(
+            lambda: (p := progress.read(unit_id)) is not None and p.final and p,
+            60,
+            f"the {kind} infer failure to be recorded",
+        )
+        assert final.state == UnitState.FAILED
+        assert final.failure == FailureKind(kind)
+        assert final.reason.startswith("infer: ")
+        assert "prepared" in final.at and "inferred" not in final.at
+        assert not ResultStore(spool / "results").has_objects(unit_id)  # the chain stopped
+        log = worker.log.read_text()
+        assert ("retry 1 of 1" in log) == (kind == "transient")
+        if kind == "transient":
+            assert "(after 1 retries)" in final.reason
+    finally:
+        worker.stop()

@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from common.errors import InputError
 from common.settings import NodeConfig
 from model.bundle_info import BundleInfo
 from model.roi import RoiCrop, RoiPrediction, SquareBox
@@ -73,8 +74,6 @@ def prepare_unit(seg: Dataset, images: Mapping[str, Dataset], info: BundleInfo) 
     ]
     missing = [uid for uid in uids if uid not in images]
     if missing:
-        from common.errors import InputError
-
         raise InputError(
             str(seg.SOPInstanceUID), f"references image {missing[0]} which was not received"
         )
@@ -84,8 +83,18 @@ def prepare_unit(seg: Dataset, images: Mapping[str, Dataset], info: BundleInfo) 
     )
 
 
+# A worker started with this set fails its infer stage: "permanent" (unusable input) or
+# "transient" (a RuntimeError, as a lost GPU gives), for the failure-path tests.
+INFER_FAILS_ENV = "MOLSUB_TEST_INFER_FAILS"
+
+
 class StandinPredictor:
     def predict(self, crops: Sequence[RoiCrop]) -> list[RoiPrediction]:
+        failure = os.environ.get(INFER_FAILS_ENV, "")
+        if failure == "permanent":
+            raise InputError(crops[0].source_sop_instance_uid, "stand-in: network input unusable")
+        if failure == "transient":
+            raise RuntimeError("stand-in: CUDA out of memory")
         out = []
         for crop in crops:
             level = float(np.clip(crop.network_input.mean() + 0.5, 0.05, 0.95))

@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from common.errors import BundleError, InputError
+from common.progress import FailureKind
 from common.seg_refs import referenced_image_uids
 from model.bundle_info import BundleInfo, read_bundle_info
 from model.roi import RoiCrop, RoiPrediction
@@ -33,6 +34,23 @@ from worker.results.result_set import ResultSet
 log = logging.getLogger(__name__)
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Retrying cannot help: unusable input, a bad or missing bundle, and the deterministic errors of
+# building results from that input. Anything else (OSError, MemoryError, a lost connection, a
+# CUDA out-of-memory RuntimeError) may pass.
+PERMANENT_ERRORS = (
+    InputError,
+    BundleError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+)
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """Whether a stage's exception ends the unit at once or is worth retrying."""
+    return FailureKind.PERMANENT if isinstance(exc, PERMANENT_ERRORS) else FailureKind.TRANSIENT
 
 
 @dataclass

@@ -16,18 +16,20 @@ Pipeline with stand-in stages; ``molsub worker`` and ``molsub serve`` build both
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery, Task, chain
+from celery.exceptions import Ignore
 from celery.utils.time import get_exponential_backoff_interval
 
+from common.progress import FailureKind
 from common.settings import NodeConfig
 from common.spool_layout import SpoolLayout
 from worker.delivery.store import DestinationState
-from worker.pipeline import Pipeline
+from worker.pipeline import Pipeline, failure_kind
 from worker.queue import embedded_broker
 from worker.queue.handlers import StageHandlers
 
@@ -49,8 +51,16 @@ class Stage(StrEnum):
 QUEUES = tuple(Stage)
 
 
+REPORT_TASK = "molsub.report"  # routed to the deliver queue: its workers see the spool
+T = TypeVar("T")
+
+
 class DestinationsPending(Exception):
     """Some destinations did not take the results yet: Celery retries the deliver task."""
+
+
+class TransientFailure(Exception):
+    """A stage failed for a reason that may pass (a worker, memory, a disk): Celery retries it."""
 
 
 def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
@@ -100,7 +110,10 @@ def make_celery_app(config: NodeConfig, *, pipeline: Pipeline | None = None) -> 
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_routes={stage.task_name: {"queue": str(stage)} for stage in Stage},
+        task_routes={
+            **{stage.task_name: {"queue": str(stage)} for stage in Stage},
+            REPORT_TASK: {"queue": str(Stage.DELIVER)},
+        },
         task_default_queue=str(Stage.PREPARE),
         worker_hijack_root_logger=False,
     )
@@ -110,48 +123,101 @@ def make_celery_app(config: NodeConfig, *, pipeline: Pipeline | None = None) -> 
 
 def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) -> None:
     q = config.queue
-    # Celery's own backoff takes whole seconds (at least 1): these are the values it uses.
+    # Celery's own backoff (retry_backoff * 2**retries, at most retry_backoff_max) takes whole
+    # seconds, at least 1: these are the values it uses. No jitter, so that a site can predict
+    # when the next attempt comes.
     backoff_base, backoff_max = int(max(1.0, q.delivery_retry_base_s)), int(q.delivery_retry_max_s)
+    retrying = {
+        "bind": True,
+        "shared": False,
+        "retry_backoff": backoff_base,
+        "retry_backoff_max": backoff_max,
+        "retry_jitter": False,
+    }
 
-    @app.task(name=Stage.PREPARE.task_name, shared=False)
-    def prepare(unit_id: str, seg_path: str, image_paths: list[str]) -> dict[str, Any]:
-        return handlers.prepare(unit_id, seg_path, image_paths)
+    def guarded(task: Task, unit_id: str, stage: Stage, limit: int, run: Callable[[], T]) -> T:
+        """Run one stage of a unit. A permanent failure ends the unit at once; a transient one
+        is retried by Celery with backoff and ends the unit when ``limit`` retries are spent.
+        Either way the unit ends ``failed`` with the reason, and the chain stops."""
+        try:
+            return run()
+        except Exception as exc:
+            kind = failure_kind(exc)
+            done = task.request.retries
+            if kind is FailureKind.TRANSIENT and done < limit:
+                delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
+                log.warning(
+                    "unit %s: %s failed (%s), retry %d of %d in %d s",
+                    unit_id,
+                    stage,
+                    type(exc).__name__,
+                    done + 1,
+                    limit,
+                    delay,
+                )
+                raise TransientFailure(str(exc)) from exc
+            reason = (
+                f"{stage}: {exc}"
+                if kind is FailureKind.PERMANENT
+                else (f"{stage}: {type(exc).__name__}: {exc} (after {done} retries)")
+            )
+            if stage is Stage.INFER:  # this host may not see the spool: a deliver worker does
+                app.send_task(REPORT_TASK, args=(unit_id, reason, str(kind)))
+            else:
+                handlers.fail(unit_id, reason, kind)
+            raise Ignore() from exc
 
-    @app.task(name=Stage.INFER.task_name, shared=False)
-    def infer(message: dict[str, Any]) -> dict[str, Any]:
-        return handlers.infer(message)
+    @app.task(name=Stage.PREPARE.task_name, autoretry_for=(TransientFailure,), **retrying)
+    def prepare(self: Task, unit_id: str, seg_path: str, image_paths: list[str]) -> dict[str, Any]:
+        return guarded(
+            self,
+            unit_id,
+            Stage.PREPARE,
+            q.stage_max_retries,
+            lambda: handlers.prepare(unit_id, seg_path, image_paths),
+        )
 
-    # Celery's exponential backoff (retry_backoff * 2**retries, at most retry_backoff_max),
-    # without jitter so that a site can predict when the next attempt comes.
+    @app.task(name=Stage.INFER.task_name, autoretry_for=(TransientFailure,), **retrying)
+    def infer(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+        unit_id = str(message.get("unit_id"))
+        return guarded(
+            self, unit_id, Stage.INFER, q.stage_max_retries, lambda: handlers.infer(message)
+        )
+
     @app.task(
         name=Stage.DELIVER.task_name,
-        bind=True,
-        shared=False,
-        autoretry_for=(DestinationsPending,),
+        autoretry_for=(DestinationsPending, TransientFailure),
         max_retries=q.delivery_max_retries,
-        retry_backoff=backoff_base,
-        retry_backoff_max=backoff_max,
-        retry_jitter=False,
+        **retrying,
     )
     def deliver(self: Task, message: dict[str, Any]) -> dict[str, str]:
+        unit_id = str(message.get("unit_id"))
         done = self.request.retries
-        outcome = handlers.deliver(message, reuse_recorded=done > 0)
+        outcome = guarded(
+            self,
+            unit_id,
+            Stage.DELIVER,
+            q.delivery_max_retries,
+            lambda: handlers.deliver(message, reuse_recorded=done > 0),
+        )
         unsent = [name for name, state in outcome.items() if state != DestinationState.SENT]
         if not unsent:
+            handlers.done(unit_id)
             return outcome
-        unit_id = str(message["unit_id"])
         if done >= q.delivery_max_retries:
             handlers.store.mark_failed(unit_id, unsent)
-            log.error(
-                "unit %s: delivery to %s failed after %d retries; recorded for `molsub resend`",
-                unit_id,
-                ", ".join(unsent),
-                done,
-            )
+            reason = handlers.delivery_failure(unit_id, unsent, done)
+            log.error("unit %s: %s; recorded for `molsub resend`", unit_id, reason)
+            handlers.fail(unit_id, reason, FailureKind.TRANSIENT)
             return outcome
         delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
         log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
         raise DestinationsPending(", ".join(unsent))
+
+    @app.task(name=REPORT_TASK, shared=False)
+    def report(unit_id: str, reason: str, kind: str) -> None:
+        """A failure of a stage whose host cannot see the spool, recorded by one that can."""
+        handlers.fail(unit_id, reason, FailureKind(kind))
 
 
 def task_ids(unit_id: str) -> dict[str, str]:

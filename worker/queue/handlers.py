@@ -9,13 +9,16 @@ networks, deliver needs no bundle at all (the bundle's description comes with th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
+from common.progress import FailureKind, ProgressFiles
 from common.settings import Destination, NodeConfig
+from common.units import UnitState
 from worker.delivery.send import deliver_recorded, result_store
 from worker.delivery.store import DestinationState, ResultStore
 from worker.pipeline import BundleModel, Pipeline, read_unit_files
@@ -26,10 +29,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageHandlers:
-    """prepare -> infer -> deliver for one unit, one call per stage, messages in between."""
+    """prepare -> infer -> deliver for one unit, one call per stage, messages in between.
+
+    prepare and deliver run where the spool is: they record the unit's progress (and any
+    failure) in its progress.json, which the node follows. infer may run on a host without
+    the spool and records nothing; deliver records ``inferred`` when its message arrives.
+    """
 
     pipeline: Pipeline
     store: ResultStore
+    progress: ProgressFiles
     destinations: tuple[Destination, ...]
     calling_ae: str
 
@@ -39,7 +48,29 @@ class StageHandlers:
         destinations."""
         if pipeline is None:
             pipeline = Pipeline(BundleModel(config.model.bundle, config.model.device))
-        return cls(pipeline, result_store(config), config.destinations, config.node.ae_title)
+        return cls(
+            pipeline,
+            result_store(config),
+            ProgressFiles(config.node.spool_dir),
+            config.destinations,
+            config.node.ae_title,
+        )
+
+    def fail(self, unit_id: str, reason: str, kind: FailureKind) -> None:
+        """The unit ends ``failed``: logged with its UID, recorded for the node. Its spooled
+        objects stay where they are (``molsub retry UNIT`` runs it again)."""
+        log.error("unit %s failed (%s): %s", unit_id, kind, reason)
+        self.progress.advance(unit_id, UnitState.FAILED, reason=reason, failure=kind)
+
+    def done(self, unit_id: str) -> None:
+        self.progress.advance(unit_id, UnitState.DONE)
+        log.info("unit %s done", unit_id)
+
+    def delivery_failure(self, unit_id: str, unsent: Sequence[str], retries: int) -> str:
+        """Why delivery failed, in words: each destination not reached and its last error."""
+        destinations = self.store.status(unit_id).get("destinations", {})
+        errors = "; ".join(f"{name}: {destinations.get(name, {}).get('error')}" for name in unsent)
+        return f"delivery failed after {retries} retries ({errors})"
 
     def prepare(
         self, unit_id: str, seg_path: str | Path, image_paths: Sequence[str | Path]
@@ -49,9 +80,9 @@ class StageHandlers:
             seg, images = read_unit_files(unit_id, seg_path, image_paths)
             unit = self.pipeline.prepare(seg, images)
         except InputError as exc:
-            log.error("unit %s not processed: %s", unit_id, exc)
             self.store.record_input_error(unit_id, str(exc))
             raise
+        self.progress.advance(unit_id, UnitState.PREPARED)
         log.info("unit %s prepared: %d ROI(s)", unit_id, len(unit.rois))
         return messages.prepared_message(unit_id, unit)
 
@@ -60,7 +91,7 @@ class StageHandlers:
         messages.check_version(message)
         predictions, info = self.pipeline.infer(messages.decode_unit(message))
         log.info("unit %s inferred: %d prediction(s)", message["unit_id"], len(predictions))
-        return messages.inferred_message(message, predictions, info)
+        return {**messages.inferred_message(message, predictions, info), "inferred_at": time.time()}
 
     def deliver(
         self, message: Mapping[str, Any], *, reuse_recorded: bool = False
@@ -73,6 +104,7 @@ class StageHandlers:
         """
         messages.check_version(message)
         unit_id = str(message["unit_id"])
+        self.progress.advance(unit_id, UnitState.INFERRED, at=message.get("inferred_at"))
         if not (reuse_recorded and self.store.has_objects(unit_id)):
             unit = messages.decode_unit(message)
             predictions = messages.decode_predictions(message)
