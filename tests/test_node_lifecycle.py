@@ -113,7 +113,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 def header_run(node: Node, samples_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every header case and the empty-segment SEG sent; case -> its unit, once all are final."""
     folder = tmp_path_factory.mktemp("cases")
-    seg_uids = {}
+    seg_uids: dict[str, str] = {}
+    names: dict[str, tuple[str, object]] = {}  # case -> the MG's PatientName, character set
     for index, case in enumerate(CASES):
         mg, seg = build_case(case, samples_dir, index)
         files = []
@@ -122,6 +123,7 @@ def header_run(node: Node, samples_dir: Path, tmp_path_factory: pytest.TempPathF
             ds.save_as(files[-1], enforce_file_format=True)
         send(node.port, files)
         seg_uids[case.name] = str(seg.SOPInstanceUID)
+        names[case.name] = (str(mg.PatientName), mg.get("SpecificCharacterSet"))
     mg = make_mg(seed=5)
     seg = make_seg([mg], [disk_mask((256, 200), (90, 90), 15)])
     seg.PixelData = bytes(len(seg.PixelData))  # the one segment is empty
@@ -131,7 +133,7 @@ def header_run(node: Node, samples_dir: Path, tmp_path_factory: pytest.TempPathF
     send(node.port, files)
     seg_uids["empty-segment"] = str(seg.SOPInstanceUID)
     units = node.wait_final(list(seg_uids.values()))
-    return {name: units[uid] for name, uid in seg_uids.items()}
+    return {name: {**units[uid], "source_name": names.get(name)} for name, uid in seg_uids.items()}
 
 
 @pytest.mark.slow
@@ -151,6 +153,9 @@ def test_every_header_case_ends_done_with_valid_results_at_the_pacs(
         assert len(received) == 3, (case.name, received)  # SR, SC, heatmap SEG
         for path in received:
             assert dciodvfy_errors(path) == [], (case.name, path.name)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            # The name arrives at the PACS as it left the modality, in its character set.
+            assert (str(ds.PatientName), ds.get("SpecificCharacterSet")) == unit["source_name"]
 
 
 @pytest.mark.slow
