@@ -402,17 +402,18 @@ def test_redis_mode_separate_workers_destination_down_at_first(
             sr = pydicom.dcmread(next(iter(objs[SR_CLASS].values())), stop_before_pixels=True)
             assert sr.StudyInstanceUID == study.study_uid
             assert all_uids(objs) == all_uids(received(folder / study.seg_uid))
-            status = json.loads(status_file.read_text())
-            assert status["destinations"]["pacs"]["state"] == "sent"
-            assert status["destinations"]["pacs"]["attempts"] >= 2
 
             def unit_state() -> str:
                 listed = run_cli("units", "--config", str(config), "--json", env=env)
                 unit = next(u for u in json.loads(listed.stdout) if u["unit_id"] == study.seg_uid)
                 return unit["state"] if unit["state"] in ("done", "failed") else ""
 
-            # The node follows the workers on other processes through the spool: done.
+            # The node follows the workers on other processes through the spool: done. It is
+            # recorded after the destinations' states, which the PACS's files can run ahead of.
             assert wait_for(unit_state, 60, "the unit to end", every_s=1.0) == "done"
+            status = json.loads(status_file.read_text())
+            assert status["destinations"]["pacs"]["state"] == "sent"
+            assert status["destinations"]["pacs"]["attempts"] >= 2
         # Redis carried the tasks: no embedded filesystem queue was ever made in the spool.
         assert not (tmp_path / "spool" / "queue").exists()
 
