@@ -290,24 +290,22 @@ class StateDB:
 
     def list_units(self, state: UnitState | None = None) -> list[Unit]:
         """Units (all, or in one state), oldest first: the ``unit status`` listing."""
-        sql, args = "SELECT * FROM units", ()
-        if state is not None:
-            sql, args = sql + " WHERE state = ?", (state,)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY created_at, unit_id", args).fetchall()
-            return [self._unit(r) for r in rows]
+        return self._units_in(() if state is None else (state,))
 
     def ready_units(self) -> list[Unit]:
         return self.list_units(READY)
 
     def in_flight_units(self) -> list[Unit]:
         """Units handed to the workers and not finished (their progress is followed)."""
-        states = [s for s in UnitState if s.in_flight]
-        marks = ", ".join("?" for _ in states)
+        return self._units_in(tuple(s for s in UnitState if s.in_flight))
+
+    def _units_in(self, states: tuple[UnitState, ...]) -> list[Unit]:
+        """Units in any of ``states`` (all units for none), oldest first."""
+        sql = "SELECT * FROM units"
+        if states:
+            sql += f" WHERE state IN ({', '.join('?' for _ in states)})"
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT * FROM units WHERE state IN ({marks}) ORDER BY created_at", states
-            ).fetchall()
+            rows = self._conn.execute(sql + " ORDER BY created_at, unit_id", states).fetchall()
             return [self._unit(r) for r in rows]
 
     def count_instances(self) -> int:

@@ -9,7 +9,6 @@ tests/test_node_lifecycle.py.
 from __future__ import annotations
 
 import subprocess
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from model.bundle import init_untrained
+from molsub.launch import MOLSUB
 from tests.factories import roundtrip
 from tests.header_cases import CASES, HeaderCase, build_case
 from tests.validators import dciodvfy_errors, pixelmed_sr_errors
@@ -68,8 +68,7 @@ def predicted(
     folder, inputs = cases
     out = tmp_path_factory.mktemp("predicted")
     proc = subprocess.run(
-        [sys.executable, "-m", "molsub.cli", "predict", "--bundle", str(bundle), "--out", str(out)]
-        + [str(folder)],
+        [*MOLSUB, "predict", "--bundle", str(bundle), "--out", str(out)] + [str(folder)],
         capture_output=True,
         text=True,
         timeout=900,

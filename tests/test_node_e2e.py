@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import pytest
 from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
 from model.bundle import init_untrained
 from molsub import launch
-from molsub.launch import redis_server, stop_process, wait_for
+from molsub.launch import MOLSUB, redis_server, stop_process, wait_for
 from molsub.synth import SynthStudy, write_synthetic_studies
 from tests.dicom_peers import SCU_AET, echoscu, free_port, start_storescp, storescu
 from tests.validators import dciodvfy_errors
@@ -36,7 +35,6 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 EXPECTED = {SR_CLASS: 1, SC_CLASS: 2, SEG_CLASS: 2}  # 1 ROI, CC + MLO: 1 SR, 2 SC, 2 SEG
-MOLSUB = [sys.executable, "-m", "molsub.cli"]
 PACS_AET = "PACS"
 START_TIMEOUT_S = 120  # torch import on a loaded 2-core machine
 RESULTS_TIMEOUT_S = 240

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,12 @@ import pytest
 from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings, QueueSettings
 from model.bundle import init_untrained
 from molsub import launch
-from molsub.launch import free_port, stop_process, wait_for
+from molsub.launch import MOLSUB, free_port, stop_process, wait_for
 from tests.dicom_peers import start_storescp, storescu
 from tests.factories import disk_mask, make_mg, make_seg
 from tests.header_cases import CASES, build_case
 from tests.validators import dciodvfy_errors
 
-MOLSUB = [sys.executable, "-m", "molsub.cli"]
 PACS_AET = "PACS"
 FINAL = ("done", "failed")
 

@@ -207,8 +207,9 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         if done >= q.delivery_max_retries:
             handlers.store.mark_failed(unit_id, unsent)
             reason = handlers.delivery_failure(unit_id, unsent, done)
-            log.error("unit %s: %s; recorded for `molsub resend`", unit_id, reason)
-            handlers.fail(unit_id, reason, FailureKind.TRANSIENT)
+            handlers.fail(
+                unit_id, f"{reason}; results recorded for `molsub resend`", FailureKind.TRANSIENT
+            )
             return outcome
         delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
         log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
