@@ -13,7 +13,7 @@ from model.preprocess.intensity import normalise, reference_intensity, to_displa
 from model.preprocess.resize import resize_square
 from model.preprocess.seg_mask import segment_masks
 from model.profiles import Profile
-from model.roi import RoiCrop
+from model.roi import RoiCrop, SquareBox
 
 MAX_DISPLAY_SIDE = 2048
 
@@ -29,6 +29,37 @@ def image_intensities(ds: Dataset, profile: Profile) -> tuple[np.ndarray, np.nda
     if profile is Profile.REFERENCE:
         return display, reference_intensity(stored).astype(np.float32) / 255.0
     return display, display
+
+
+def network_crop(
+    network_image: np.ndarray, box: SquareBox, profile: Profile, input_size: int
+) -> np.ndarray:
+    """The network's input for one lesion square: crop, resize, normalise (float32, square)."""
+    square = crop_square(network_image, box)
+    if profile is Profile.REFERENCE:
+        # The authors resize the 8-bit crop and normalise from 0..255.
+        square = np.round(square * 255.0) / 255.0
+    return normalise(resize_square(square, input_size))
+
+
+def lesion_input(
+    ds: Dataset,
+    mask: np.ndarray,
+    *,
+    profile: Profile | str = Profile.DEFAULT,
+    bound_size: int = 100,
+    input_size: int = 224,
+) -> np.ndarray:
+    """The network input for a lesion ``mask`` (bool, the image's grid) on one MG image.
+
+    Training (train/) caches exactly this, so what is trained is what the node serves: the
+    node's ``extract_rois`` computes its crops with the same ``network_crop``.
+    """
+    profile = Profile.parse(profile)
+    if mask.shape != (int(ds.Rows), int(ds.Columns)) or not mask.any():
+        raise ValueError(f"mask {mask.shape} is empty or not on the image's grid")
+    _, network_image = image_intensities(ds, profile)
+    return network_crop(network_image, lesion_square(mask, bound_size), profile, input_size)
 
 
 def extract_rois(
@@ -51,15 +82,11 @@ def extract_rois(
             intensities[uid] = image_intensities(ds, profile)
         display_image, network_image = intensities[uid]
         box = lesion_square(item.mask, bound_size)
-        net_square = crop_square(network_image, box)
         display = crop_square(display_image, box)
         mask = crop_square(item.mask, box, fill=False)
         if box.size > MAX_DISPLAY_SIDE:
             display = resize_square(display, MAX_DISPLAY_SIDE)
             mask = resize_square(mask.astype(np.float32), MAX_DISPLAY_SIDE) >= 0.5
-        if profile is Profile.REFERENCE:
-            # The authors resize the 8-bit crop and normalise from 0..255.
-            net_square = np.round(net_square * 255.0) / 255.0
         crops.append(
             RoiCrop(
                 segment_number=item.segment_number,
@@ -68,7 +95,7 @@ def extract_rois(
                 source_frame_number=1,
                 image_shape=(int(ds.Rows), int(ds.Columns)),
                 box=box,
-                network_input=normalise(resize_square(net_square, input_size)),
+                network_input=network_crop(network_image, box, profile, input_size),
                 display=np.round(display * 255.0).astype(np.uint8),
                 mask=mask,
             )
