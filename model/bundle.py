@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from common.durable import atomic_write_bytes
 from common.errors import BundleError
 from model.bundle_info import (
     BUNDLE_JSON,
+    ENSEMBLE_COMBINE,
     FORMAT_VERSION,
     BundleInfo,
     check_digest,
@@ -31,8 +32,8 @@ from model.bundle_info import (
     parse_bundle_json,
     read_bundle_info,
     sha256_file,
-    weights_path,
 )
+from model.ensemble import ProbabilityEnsemble
 from model.network import build_densenet121_cbam
 from model.profiles import Profile
 from model.tasks import TASK_NAMES, TASKS
@@ -56,28 +57,36 @@ def load_bundle(path: Path | str, device: str | torch.device = "cpu") -> LoadedB
     info = parse_bundle_json(bundle_dir)
     networks: dict[str, nn.Module] = {}
     for task, classes in info.tasks.items():
-        weights = weights_path(bundle_dir, task)
-        data = _read_bytes(weights)
-        check_digest(weights, hashlib.sha256(data).hexdigest(), info.weights_sha256[task])
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BundleError(f"{weights}: not a loadable state_dict ({exc})") from exc
-        network = build_densenet121_cbam(len(classes))
-        try:
-            network.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise BundleError(
-                f"{weights}: weights do not fit DenseNet121-CBAM with {len(classes)} classes "
-                f"for task {task!r}: {exc}"
-            ) from exc
+        loaded = [
+            _load_member(bundle_dir / m.file, m.sha256, task, len(classes))
+            for m in info.members[task]
+        ]
+        network = loaded[0] if len(loaded) == 1 else ProbabilityEnsemble(loaded)
         networks[task] = network.to(device).eval()
     return LoadedBundle(path=bundle_dir, info=info, networks=networks)
 
 
+def _load_member(weights: Path, sha256: str, task: str, num_classes: int) -> nn.Module:
+    data = _read_bytes(weights)
+    check_digest(weights, hashlib.sha256(data).hexdigest(), sha256)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BundleError(f"{weights}: not a loadable state_dict ({exc})") from exc
+    network = build_densenet121_cbam(num_classes)
+    try:
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise BundleError(
+            f"{weights}: weights do not fit DenseNet121-CBAM with {num_classes} classes "
+            f"for task {task!r}: {exc}"
+        ) from exc
+    return network
+
+
 def write_bundle(
     out: Path | str,
-    networks: Mapping[str, nn.Module],
+    networks: Mapping[str, nn.Module | Sequence[nn.Module]],
     *,
     name: str,
     version: str,
@@ -89,7 +98,11 @@ def write_bundle(
     overwrite: bool = False,
 ) -> BundleInfo:
     """Write each task's state_dict atomically, then ``bundle.json`` (last, so it marks a
-    complete bundle). Class lists come from ``model.tasks.TASKS``."""
+    complete bundle). Class lists come from ``model.tasks.TASKS``.
+
+    A task given a sequence of networks becomes an ensemble (``<task>.member<i>.pt``) whose
+    probabilities are averaged when it is loaded.
+    """
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise BundleError(f"{out_dir}: exists and is not a directory")
@@ -98,23 +111,28 @@ def write_bundle(
     if not networks:
         raise BundleError(f"{out_dir}: no task networks to write")
     check_settings(out_dir, name, version, profile, input_size, bound_size)
-    for task, network in networks.items():
-        _check_network_fits_task(out_dir, task, network)
+    members = {task: _as_members(task, value) for task, value in networks.items()}
+    for task, nets in members.items():
+        if not nets:
+            raise BundleError(f"{out_dir}: task {task!r} has no network")
+        for network in nets:
+            _check_network_fits_task(out_dir, task, network)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / BUNDLE_JSON).unlink(missing_ok=True)
 
     tasks_json: dict[str, dict[str, Any]] = {}
-    for task in ordered_tasks(networks):
-        state = {k: v.detach().cpu().clone() for k, v in networks[task].state_dict().items()}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getvalue()
-        atomic_write_bytes(out_dir / f"{task}.pt", data)
-        tasks_json[task] = {
-            "classes": list(TASKS[task].class_names),
-            "weights": f"{task}.pt",
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+    for task in ordered_tasks(members):
+        nets = members[task]
+        entry: dict[str, Any] = {"classes": list(TASKS[task].class_names)}
+        if len(nets) == 1:
+            entry.update(_write_state(out_dir, f"{task}.pt", nets[0]))
+        else:
+            entry["ensemble"] = [
+                _write_state(out_dir, f"{task}.member{i}.pt", net)
+                for i, net in enumerate(nets, start=1)
+            ]
+            entry["combine"] = ENSEMBLE_COMBINE
+        tasks_json[task] = entry
     document = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -176,6 +194,19 @@ def init_untrained(
         provenance=provenance,
         overwrite=overwrite,
     )
+
+
+def _as_members(task: str, value: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    return [value] if isinstance(value, nn.Module) else list(value)
+
+
+def _write_state(out_dir: Path, name: str, network: nn.Module) -> dict[str, str]:
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(out_dir / name, data)
+    return {"weights": name, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _check_network_fits_task(where: Path, task: str, network: nn.Module) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,10 +21,20 @@ from model.profiles import Profile
 from model.tasks import TASK_NAMES, TASKS
 
 FORMAT_VERSION = 1
+# How an ensemble's members are combined: the mean of their softmax probabilities.
+ENSEMBLE_COMBINE = "mean-probability"
 BUNDLE_JSON = "bundle.json"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One state_dict file of a bundle and the sha256 it must have."""
+
+    file: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,28 @@ class BundleInfo:
     tasks: dict[str, tuple[str, ...]]
     weights_sha256: dict[str, str]
     provenance: dict[str, Any]
+    # Per task: one file, or several (an ensemble whose probabilities are averaged).
+    members: dict[str, tuple[WeightsFile, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> BundleInfo:
+        """Rebuild from ``dataclasses.asdict`` after a JSON round trip (how workers ship it)."""
+        values = dict(fields)
+        values["tasks"] = {task: tuple(classes) for task, classes in values["tasks"].items()}
+        values["profile"] = Profile(values["profile"])
+        values["members"] = {
+            task: tuple(WeightsFile(**m) for m in members)
+            for task, members in values.get("members", {}).items()
+        }
+        return cls(**values)
+
+    def is_ensemble(self, task: str) -> bool:
+        return len(self.members.get(task, ())) > 1
+
+    @property
+    def synthetic_training_data(self) -> bool:
+        """Trained on SYNTHETIC data (``molsub synth``): outputs must say so."""
+        return self.provenance.get("training_data_synthetic") is True
 
     @property
     def digest(self) -> str:
@@ -55,16 +87,19 @@ class BundleInfo:
     @property
     def display_name(self) -> str:
         label = f"molsub DenseNet121-CBAM {self.name} {self.version}"
-        return f"{label} UNTRAINED" if self.untrained else label
+        if self.untrained:
+            return f"{label} UNTRAINED"
+        return f"{label} SYNTHETIC-TRAINED" if self.synthetic_training_data else label
 
 
 def read_bundle_info(path: Path | str) -> BundleInfo:
     """Read and validate ``bundle.json`` and check every weights file's sha256."""
     bundle_dir = Path(path)
     info = parse_bundle_json(bundle_dir)
-    for task in info.tasks:
-        weights = weights_path(bundle_dir, task)
-        check_digest(weights, sha256_file(weights), info.weights_sha256[task])
+    for members in info.members.values():
+        for member in members:
+            weights = bundle_dir / member.file
+            check_digest(weights, sha256_file(weights), member.sha256)
     return info
 
 
@@ -101,6 +136,7 @@ def parse_bundle_json(bundle_dir: Path) -> BundleInfo:
         raise BundleError(f"{json_path}: 'tasks' is empty")
     tasks: dict[str, tuple[str, ...]] = {}
     digests: dict[str, str] = {}
+    members: dict[str, tuple[WeightsFile, ...]] = {}
     for task in ordered_tasks(tasks_doc):
         entry = tasks_doc[task]
         if task not in TASKS:
@@ -114,13 +150,9 @@ def parse_bundle_json(bundle_dir: Path) -> BundleInfo:
                 f"{json_path}: tasks.{task}.classes {list(classes)} do not match the known "
                 f"classes {list(TASKS[task].class_names)}"
             )
-        if _field(entry, "weights", str, json_path, where) != f"{task}.pt":
-            raise BundleError(f"{json_path}: tasks.{task}.weights must be '{task}.pt'")
-        sha = _field(entry, "sha256", str, json_path, where)
-        if not _SHA256_RE.match(sha):
-            raise BundleError(f"{json_path}: tasks.{task}.sha256 is not 64 lowercase hex digits")
         tasks[task] = classes
-        digests[task] = sha
+        members[task] = _task_members(entry, task, json_path)
+        digests[task] = task_weights_digest(members[task])
     return BundleInfo(
         name=name,
         version=model_version,
@@ -131,7 +163,50 @@ def parse_bundle_json(bundle_dir: Path) -> BundleInfo:
         tasks=tasks,
         weights_sha256=digests,
         provenance=provenance,
+        members=members,
     )
+
+
+def _task_members(entry: dict[str, Any], task: str, where: Path) -> tuple[WeightsFile, ...]:
+    """``weights`` + ``sha256`` (one network), or ``ensemble``: a list of such pairs."""
+    prefix = f"tasks.{task}."
+    if "ensemble" not in entry:
+        if _field(entry, "weights", str, where, prefix) != f"{task}.pt":
+            raise BundleError(f"{where}: {prefix}weights must be '{task}.pt'")
+        return (WeightsFile(f"{task}.pt", _sha(entry, where, prefix)),)
+    if entry.get("combine") != ENSEMBLE_COMBINE:
+        raise BundleError(f"{where}: {prefix}combine must be {ENSEMBLE_COMBINE!r}")
+    items = _field(entry, "ensemble", list, where, prefix)
+    if len(items) < 2:
+        raise BundleError(f"{where}: {prefix}ensemble needs at least two members")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{prefix}ensemble[{i}]."
+        if not isinstance(item, dict):
+            raise BundleError(f"{where}: {at[:-1]} must be an object")
+        file = _field(item, "weights", str, where, at)
+        if not re.fullmatch(rf"{re.escape(task)}\.[A-Za-z0-9_-]+\.pt", file):
+            raise BundleError(f"{where}: {at}weights must be named '{task}.<member>.pt'")
+        out.append(WeightsFile(file, _sha(item, where, at)))
+    if len({m.file for m in out}) != len(out):
+        raise BundleError(f"{where}: {prefix}ensemble names a weights file twice")
+    return tuple(out)
+
+
+def _sha(entry: dict[str, Any], where: Path, prefix: str) -> str:
+    sha = _field(entry, "sha256", str, where, prefix)
+    if not _SHA256_RE.match(sha):
+        raise BundleError(f"{where}: {prefix}sha256 is not 64 lowercase hex digits")
+    return sha
+
+
+def task_weights_digest(members: tuple[WeightsFile, ...]) -> str:
+    """A task's weights identity: the file's sha256, or for an ensemble the sha256 over its
+    members' (in order), so the bundle digest and device UID change with any member."""
+    if len(members) == 1:
+        return members[0].sha256
+    text = "\n".join(m.sha256 for m in members)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _field(doc: dict[str, Any], key: str, kind: type[T], where: Path, prefix: str = "") -> T:
@@ -166,10 +241,6 @@ def ordered_tasks(tasks: Mapping[str, Any]) -> list[str]:
 
 
 # --- files ---------------------------------------------------------------------------------
-
-
-def weights_path(bundle_dir: Path, task: str) -> Path:
-    return bundle_dir / f"{task}.pt"
 
 
 def sha256_file(path: Path) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.errors import InputError
+from model.ensemble import member_modules
 from model.network import DEFAULT_GRADCAM_LAYER
 from model.preprocess.resize import resize_square
 from model.preprocess.rois import MAX_DISPLAY_SIDE
@@ -52,9 +53,14 @@ class Predictor:
         batch_size: int = 16,
         channels_last: bool = True,
         gradcam_layer: str = DEFAULT_GRADCAM_LAYER,
-        gradcam_task: str = "subtype5",
+        gradcam_task: str | None = None,
         amp: bool = False,
     ) -> None:
+        if not networks:
+            raise ValueError("no task networks")
+        if gradcam_task is None:
+            # The five-class subtype when the bundle has it, else its first task.
+            gradcam_task = "subtype5" if "subtype5" in networks else next(iter(networks))
         if gradcam_task not in networks:
             raise ValueError(f"Grad-CAM task {gradcam_task!r} is not among {sorted(networks)}")
         if batch_size < 1:
@@ -69,7 +75,11 @@ class Predictor:
         }
         self.gradcam_task = gradcam_task
         self.gradcam_layer = gradcam_layer
-        self._cam_layer = resolve_layer(self.networks[gradcam_task], gradcam_layer)
+        # One target layer per member network (an ensemble's CAM is their mean).
+        self._cam_layers = [
+            resolve_layer(member, gradcam_layer)
+            for member in member_modules(self.networks[gradcam_task])
+        ]
 
     @classmethod
     def from_bundle(cls, bundle: object, **kwargs: object) -> Predictor:
@@ -126,8 +136,8 @@ class Predictor:
             torch.inference_mode(False),
             torch.enable_grad(),
             _frozen(network),
-            _grad_leaf_at(self._cam_layer),
-            GradCAM(model=network, target_layers=[self._cam_layer]) as cam,
+            _grad_leaf_at(self._cam_layers),
+            GradCAM(model=network, target_layers=self._cam_layers) as cam,
         ):
             maps = cam(
                 input_tensor=batch.clone(),
@@ -189,15 +199,16 @@ def _frozen(network: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _grad_leaf_at(layer: nn.Module) -> Iterator[None]:
-    """Make ``layer``'s output a fresh autograd leaf. Registered before GradCAM's own hooks, it
-    runs first, so GradCAM records activations and gradients of this leaf."""
+def _grad_leaf_at(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Make each layer's output a fresh autograd leaf. Registered before GradCAM's own hooks,
+    they run first, so GradCAM records activations and gradients of these leaves."""
 
     def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
         return output.detach().requires_grad_(True)
 
-    handle = layer.register_forward_hook(hook)
+    handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

@@ -1,4 +1,4 @@
-"""The preprocessing profiles a bundle may name (what model/preprocess/intensity.py applies).
+"""The preprocessing profiles a bundle may name (model/preprocess/; docs/profiles.md).
 
 Torch-free, so that bundle.json can be validated by processes that never load a network.
 """
@@ -10,7 +10,8 @@ from enum import StrEnum
 
 class Profile(StrEnum):
     DEFAULT = "default"  # Modality LUT, VOI LUT / window, MONOCHROME1 inverted
-    REFERENCE = "reference"  # the authors' pipeline: raw stored values, CLAHE, 8-bit
+    REFERENCE = "reference"  # the authors' intensities (raw, CLAHE, 8-bit), our centred crop
+    REFERENCE_EXACT = "reference-exact"  # reference + their exact crop and resize, defects too
 
     @classmethod
     def parse(cls, value: str) -> Profile:

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydicom.uid import UID
@@ -229,6 +230,61 @@ def test_write_bundle_refuses_unknown_task_and_wrong_head(tmp_path: Path) -> Non
 def test_bundle_info_survives_an_asdict_round_trip(untrained: Path) -> None:
     """The worker ships BundleInfo between processes as dataclasses.asdict()."""
     info = read_bundle_info(untrained)
-    rebuilt = BundleInfo(**json.loads(json.dumps(dataclasses.asdict(info))))
-    rebuilt = dataclasses.replace(rebuilt, tasks={t: tuple(c) for t, c in rebuilt.tasks.items()})
+    rebuilt = BundleInfo.from_dict(json.loads(json.dumps(dataclasses.asdict(info))))
     assert rebuilt == info and rebuilt.device_uid == info.device_uid
+
+
+def test_an_ensemble_bundle_averages_its_members_probabilities(tmp_path: Path) -> None:
+    """Five folds deployed together: bundle.json lists the members, loading averages them."""
+    torch.manual_seed(3)
+    members = [build_densenet121_cbam(2) for _ in range(3)]
+    single = build_densenet121_cbam(5)
+    info = write_bundle(tmp_path / "ens", {"luminal": members, "subtype5": single}, name="e",
+                        version="1", untrained=False, provenance={})  # fmt: skip
+    doc = json.loads((tmp_path / "ens" / "bundle.json").read_text())
+    entry = doc["tasks"]["luminal"]
+    assert entry["combine"] == "mean-probability"
+    assert [m["weights"] for m in entry["ensemble"]] == [f"luminal.member{i}.pt" for i in (1, 2, 3)]
+    assert info.is_ensemble("luminal") and not info.is_ensemble("subtype5")
+
+    bundle = load_bundle(tmp_path / "ens")
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m.eval()(INPUT), 1) for m in members]).mean(0)
+        got = torch.softmax(bundle.networks["luminal"](INPUT), 1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+    # Any member changing changes the bundle's identity (device UID), like a single network.
+    (tmp_path / "ens2").mkdir()
+    members[2].classifier.bias.data += 1
+    other = write_bundle(tmp_path / "ens2", {"luminal": members, "subtype5": single}, name="e",
+                         version="1", untrained=False, provenance={}, overwrite=True)  # fmt: skip
+    assert other.device_uid != info.device_uid
+
+    # A tampered member is refused by name.
+    (tmp_path / "ens" / "luminal.member2.pt").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"luminal\.member2\.pt: sha256 mismatch"):
+        read_bundle_info(tmp_path / "ens")
+
+
+def test_a_partial_bundle_runs_gradcam_on_its_own_task(tmp_path: Path) -> None:
+    """A bundle trained for one task only (molsub train --task luminal) is usable as is."""
+    from model.inference import Predictor
+
+    write_bundle(tmp_path / "lum", {"luminal": build_densenet121_cbam(2)}, name="l",
+                 version="1", untrained=False, provenance={})  # fmt: skip
+    predictor = Predictor.from_bundle(load_bundle(tmp_path / "lum"), channels_last=False)
+    assert predictor.gradcam_task == "luminal"
+    maps = predictor.gradcam(INPUT, [1, 0])
+    assert maps.shape == (2, 64, 64) and float(maps.max()) > 0
+
+
+def test_gradcam_of_an_ensemble_is_the_mean_over_its_members(tmp_path: Path) -> None:
+    from model.ensemble import ProbabilityEnsemble
+    from model.inference import Predictor
+
+    torch.manual_seed(4)
+    members = [build_densenet121_cbam(5).eval() for _ in range(2)]
+    ensemble = Predictor({"subtype5": ProbabilityEnsemble(members)}, channels_last=False)
+    assert len(ensemble._cam_layers) == 2
+    maps = ensemble.gradcam(INPUT, [2, 2])
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and float(maps.max()) > 0

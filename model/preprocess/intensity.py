@@ -7,7 +7,8 @@ display of the Secondary Capture.
 
 ``reference``: the authors' pipeline that their published weights were trained on: the raw stored
 values (no LUTs, no inversion), CLAHE (skimage ``equalize_adapthist``, clip 0.003) over the whole
-image, then 8-bit.
+image, then 8-bit. ``reference-exact`` shares these intensities and differs only in the crop and
+resize (model/preprocess/reference_exact.py, docs/profiles.md).
 
 After the crop and resize both become ``(x - 0.485) / 0.229`` on a [0, 1] scale, as the authors
 normalise, so both profiles feed the networks the same range.

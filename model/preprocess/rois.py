@@ -7,15 +7,19 @@ from collections.abc import Mapping
 import numpy as np
 from pydicom.dataset import Dataset
 
+from common.errors import InputError
 from model.preprocess.crop import crop_square, lesion_square
 from model.preprocess.decode import decode_frame
 from model.preprocess.intensity import normalise, reference_intensity, to_display_range
+from model.preprocess.reference_exact import authors_input, authors_square
 from model.preprocess.resize import resize_square
 from model.preprocess.seg_mask import segment_masks
 from model.profiles import Profile
 from model.roi import RoiCrop, SquareBox
 
 MAX_DISPLAY_SIDE = 2048
+# The profiles whose network sees the authors' 8-bit CLAHE image.
+_AUTHORS_INTENSITIES = (Profile.REFERENCE, Profile.REFERENCE_EXACT)
 
 
 def image_intensities(ds: Dataset, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
@@ -26,15 +30,25 @@ def image_intensities(ds: Dataset, profile: Profile) -> tuple[np.ndarray, np.nda
     """
     stored = decode_frame(ds)
     display = to_display_range(ds, stored)
-    if profile is Profile.REFERENCE:
+    if profile in _AUTHORS_INTENSITIES:
         return display, reference_intensity(stored).astype(np.float32) / 255.0
     return display, display
+
+
+def lesion_box(mask: np.ndarray, bound_size: int, profile: Profile) -> SquareBox:
+    """Where the network looks for a lesion: the authors' square for ``reference-exact``
+    (model/preprocess/reference_exact.py), the centred square otherwise."""
+    if profile is Profile.REFERENCE_EXACT:
+        return authors_square(mask, bound_size)
+    return lesion_square(mask, bound_size)
 
 
 def network_crop(
     network_image: np.ndarray, box: SquareBox, profile: Profile, input_size: int
 ) -> np.ndarray:
     """The network's input for one lesion square: crop, resize, normalise (float32, square)."""
+    if profile is Profile.REFERENCE_EXACT:
+        return authors_input(network_image, box, input_size)
     square = crop_square(network_image, box)
     if profile is Profile.REFERENCE:
         # The authors resize the 8-bit crop and normalise from 0..255.
@@ -58,8 +72,9 @@ def lesion_input(
     profile = Profile.parse(profile)
     if mask.shape != (int(ds.Rows), int(ds.Columns)) or not mask.any():
         raise ValueError(f"mask {mask.shape} is empty or not on the image's grid")
+    box = lesion_box(mask, bound_size, profile)
     _, network_image = image_intensities(ds, profile)
-    return network_crop(network_image, lesion_square(mask, bound_size), profile, input_size)
+    return network_crop(network_image, box, profile, input_size)
 
 
 def extract_rois(
@@ -81,7 +96,10 @@ def extract_rois(
         if uid not in intensities:
             intensities[uid] = image_intensities(ds, profile)
         display_image, network_image = intensities[uid]
-        box = lesion_square(item.mask, bound_size)
+        try:
+            box = lesion_box(item.mask, bound_size, profile)
+        except ValueError as exc:
+            raise InputError(uid, f"segment {item.segment_number}: {exc}") from exc
         display = crop_square(display_image, box)
         mask = crop_square(item.mask, box, fill=False)
         if box.size > MAX_DISPLAY_SIDE:

@@ -23,7 +23,6 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from model.bundle_info import BundleInfo
-from model.profiles import Profile
 from model.roi import RoiCrop, RoiPrediction, SquareBox
 from worker.pipeline import PIXEL_KEYWORDS, PreparedUnit
 
@@ -197,10 +196,7 @@ def encode_bundle_info(info: BundleInfo) -> dict[str, Any]:
 
 def decode_bundle_info(data: Mapping[str, Any]) -> BundleInfo:
     """Rebuild the BundleInfo (frozen dataclass); task class lists become tuples again."""
-    fields = decode_value(data["fields"])
-    fields["tasks"] = {task: tuple(classes) for task, classes in fields["tasks"].items()}
-    fields["profile"] = Profile(fields["profile"])
-    return BundleInfo(**fields)
+    return BundleInfo.from_dict(decode_value(data["fields"]))
 
 
 def check_version(message: Mapping[str, Any]) -> None:
