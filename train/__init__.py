@@ -1,0 +1,1 @@
+"""Offline training and evaluation: manifests, labels, crop caches, fitting and metrics."""
