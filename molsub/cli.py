@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 from common.errors import BundleError, InputError
 from common.units import Unit, UnitState
+from molsub.cli_dataset import add_dataset_commands
+from molsub.cli_evaluate import add_evaluate_commands
+from molsub.cli_train import add_train_command
 
 if TYPE_CHECKING:
     from scp.state import StateDB
@@ -93,11 +96,38 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     print(f"profile     {info.profile} (input {info.input_size} px, bound {info.bound_size} px)")
     print(f"untrained   {'yes' if info.untrained else 'no'}")
     for task, classes in info.tasks.items():
-        print(f"task        {task}: {', '.join(classes)} (sha256 {info.weights_sha256[task][:16]})")
+        files = ", ".join(m.file for m in info.members[task])
+        kind = f"ensemble of {len(info.members[task])}" if info.is_ensemble(task) else "one network"
+        print(f"task        {task}: {', '.join(classes)} ({kind}: {files}; "
+              f"sha256 {info.weights_sha256[task][:16]})")  # fmt: skip
+    if info.synthetic_training_data:
+        print("training    SYNTHETIC data: predictions mean something on synthetic data only")
+    metrics = info.provenance.get("test_metrics") or {}
+    for task, m in metrics.items():
+        print(f"metrics     {task}: {_format_metrics(m)}")
+    skip = {"test_metrics", "splits", "settings", "folds"}
     for key, value in info.provenance.items():
-        print(f"provenance  {key}: {value}")
+        if key not in skip:
+            print(f"provenance  {key}: {value}")
+    if "settings" in info.provenance:
+        print("provenance  settings, splits, folds: see bundle.json")
     print("all weights files verified against bundle.json")
     return EXIT_OK
+
+
+def _format_metrics(m: dict) -> str:
+    """Test-set AUC with its CI, accuracy, lesion-level AUC and CV mean +- SD, as recorded."""
+
+    def num(x: object) -> str:
+        return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
+
+    ci = m.get("auc_ci95") or [None, None]
+    cv = m.get("cv_auc") or {}
+    return (
+        f"test AUC {num(m.get('auc'))} (95% CI {num(ci[0])}-{num(ci[1])}, n={m.get('n')}), "
+        f"ACC {num(m.get('accuracy'))}, lesion-level AUC {num(m.get('lesion_auc'))}, "
+        f"CV AUC {num(cv.get('mean'))} +- {num(cv.get('sd'))}"
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -303,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = model.add_parser("info", help="show and verify a bundle")
     p.add_argument("bundle", type=Path)
     p.set_defaults(func=_cmd_model_info)
+
+    add_dataset_commands(sub)
+    add_train_command(sub)
+    add_evaluate_commands(sub)
     return parser
 
 
