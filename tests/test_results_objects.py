@@ -172,8 +172,10 @@ def only_child(item: Dataset, scheme: str, value: str) -> Dataset:
 
 
 def measurement_groups(sr: Dataset) -> list[Dataset]:
+    """The per-ROI groups: a lesion's fused group carries "View fusion" (test_results_fusion)."""
     measurements = only_child(sr, "DCM", "126010")
-    return children(measurements, "DCM", "125007")
+    groups = children(measurements, "DCM", "125007")
+    return [g for g in groups if not children(g, SCHEME, "MS0904")]
 
 
 def referenced_uid(item: Dataset) -> str:
@@ -258,9 +260,9 @@ def test_sr_is_a_tid1500_report_for_the_studys_patient(sr: Dataset, study: Study
 def test_sr_has_one_measurement_group_per_roi_on_its_lesion(sr: Dataset, study: Study) -> None:
     groups = measurement_groups(sr)
     assert len(groups) == len(study.rois) == 4
-    # highdicom reads the same groups back.
+    # highdicom reads the same groups back, and one fused group per lesion (both on CC + MLO).
     parsed = hd.sr.Comprehensive3DSR.from_dataset(sr)
-    assert len(parsed.content.get_planar_roi_measurement_groups()) == len(study.rois)
+    assert len(parsed.content.get_planar_roi_measurement_groups()) == len(study.rois) + 2
     tracking_uids = set()
     for index, (group, roi) in enumerate(zip(groups, study.rois, strict=True)):
         image = study.image(roi.source_sop_instance_uid)

@@ -60,6 +60,10 @@ INTENDED_USE = _private("MS0900", "Intended use")
 RESEARCH_USE_ONLY = _private("MS0901", "Research use only, not for diagnostic use")
 MODEL_STATUS = _private("MS0902", "Model status")
 UNTRAINED_MODEL = _private("MS0903", "Untrained model, output is meaningless")
+# A lesion seen on several views also gets one fused group (model.fusion); this evaluation says
+# what its values are, so neither a radiologist nor a program mistakes it for one more view.
+VIEW_FUSION = _private("MS0904", "View fusion")
+MEAN_OF_VIEWS = _private("MS0905", "Mean of the views' probabilities, per task")
 
 NO_UNITS = codes.UCUM.NoUnits
 MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")
@@ -72,6 +76,8 @@ LATERALITY = {"L": Code("7771000", "SCT", "Left"), "R": Code("24028007", "SCT", 
 IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = Code("121106", "DCM", "Comment")
+# Derivation (DCM 121401) of each fused probability, from CID 7464.
+MEAN = codes.SCT.Mean
 IMAGE_VIEW = Code("111031", "DCM", "Image View")
 GRADCAM = codes.DCM.GradientWeightedClassActivation
 CLASS_ACTIVATION = codes.DCM.ClassActivation

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from common.sop_classes import SEGMENTATION
 from model.bundle_info import BundleInfo
+from model.fusion import fuse_probabilities
 from model.roi import RoiCrop, RoiPrediction
 from worker.results.codes import (
     BREAST,
@@ -22,6 +24,8 @@ from worker.results.codes import (
     INTENDED_USE,
     LATERALITY,
     MAMMOGRAPHY,
+    MEAN,
+    MEAN_OF_VIEWS,
     MODEL_STATUS,
     NO_UNITS,
     PROBABILITY_CODES,
@@ -29,6 +33,7 @@ from worker.results.codes import (
     RESEARCH_USE_ONLY,
     TASK_CONCEPTS,
     UNTRAINED_MODEL,
+    VIEW_FUSION,
     coding_scheme_identification,
 )
 from worker.results.equipment import (
@@ -47,6 +52,11 @@ LESION = Code("52988006", "SCT", "Lesion")
 # refuses others); the mammogram itself is named in Performed Procedure Code Sequence.
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
 TASK_ORDER = ("subtype5", "luminal", "her2", "tn")
+FUSION_NOTE = (
+    "View fusion: a lesion (SEG segment) seen on two or more views also has one fused group, "
+    "whose probabilities are the mean of its views' probabilities per task and whose calls "
+    "are the most probable class of those means."
+)
 
 
 def seg_frame_number(seg: Dataset, segment_number: int, source_uid: str) -> int:
@@ -77,6 +87,49 @@ def roi_identifier(index: int, roi: RoiCrop, image: Dataset) -> str:
     return f"ROI {index + 1}: {label} (segment {roi.segment_number}) on {lat} {view}"[:64]
 
 
+def _evaluations(
+    probabilities: Mapping[str, np.ndarray], bundle: BundleInfo
+) -> list[hd.sr.QualitativeEvaluation]:
+    """Each task's call (the most probable class) and the research-use statements."""
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            TASK_CONCEPTS[t], CLASS_CODES[t][int(np.argmax(probabilities[t]))]
+        )
+        for t in TASK_ORDER
+    ]
+    evaluations.append(hd.sr.QualitativeEvaluation(INTENDED_USE, RESEARCH_USE_ONLY))
+    if bundle.untrained:
+        evaluations.append(hd.sr.QualitativeEvaluation(MODEL_STATUS, UNTRAINED_MODEL))
+    return evaluations
+
+
+def _measurements(
+    probabilities: Mapping[str, np.ndarray],
+    algorithm: hd.sr.AlgorithmIdentification,
+    derivation: Code | None = None,
+    sources: Sequence[hd.sr.SourceImageForMeasurement] | None = None,
+) -> list[hd.sr.Measurement]:
+    return [
+        hd.sr.Measurement(
+            name=PROBABILITY_CODES[task][j],
+            value=float(probabilities[task][j]),
+            unit=NO_UNITS,
+            algorithm_id=algorithm,
+            derivation=derivation,
+            referenced_images=sources,
+        )
+        for task in TASK_ORDER
+        for j in range(len(PROBABILITY_CODES[task]))
+    ]
+
+
+def _finding_site(lat: str | None) -> hd.sr.FindingSite:
+    return hd.sr.FindingSite(
+        anatomic_location=BREAST_BY_LATERALITY.get(lat or "", BREAST),
+        laterality=LATERALITY.get(lat or ""),
+    )
+
+
 def _roi_group(
     index: int,
     roi: RoiCrop,
@@ -87,24 +140,6 @@ def _roi_group(
     uids: ResultUids,
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    lat = laterality_of(image)
-    evaluations = [
-        hd.sr.QualitativeEvaluation(TASK_CONCEPTS[t], CLASS_CODES[t][prediction.predicted_index(t)])
-        for t in TASK_ORDER
-    ]
-    evaluations.append(hd.sr.QualitativeEvaluation(INTENDED_USE, RESEARCH_USE_ONLY))
-    if bundle.untrained:
-        evaluations.append(hd.sr.QualitativeEvaluation(MODEL_STATUS, UNTRAINED_MODEL))
-    measurements = [
-        hd.sr.Measurement(
-            name=PROBABILITY_CODES[task][j],
-            value=float(prediction.probabilities[task][j]),
-            unit=NO_UNITS,
-            algorithm_id=algorithm,
-        )
-        for task in TASK_ORDER
-        for j in range(len(PROBABILITY_CODES[task]))
-    ]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking(index), identifier=roi_identifier(index, roi, image)
@@ -120,15 +155,111 @@ def _roi_group(
         ),
         finding_type=LESION,
         algorithm_id=algorithm,
-        finding_sites=[
-            hd.sr.FindingSite(
-                anatomic_location=BREAST_BY_LATERALITY.get(lat or "", BREAST),
-                laterality=LATERALITY.get(lat or ""),
-            )
-        ],
-        measurements=measurements,
+        finding_sites=[_finding_site(laterality_of(image))],
+        measurements=_measurements(prediction.probabilities, algorithm),
+        qualitative_evaluations=_evaluations(prediction.probabilities, bundle),
+    )
+
+
+# --- view fusion: one extra group per lesion seen on two or more views ---------------------
+#
+# A lesion is one SEG segment; each view of it is one ROI with its own TID 1410 group above. The
+# fused group is a TID 1410 group too, whose references name every view:
+# - "Referenced Segmentation Frame" (DCM 121214) lists the segment's frame on every view (one
+#   IMAGE item, Referenced Frame Number 1-n; no Referenced Segment Number beside frames, PS3.3
+#   C.18.4), the same frames the per-view groups reference one by one;
+# - each fused probability (TID 300) has a "Source of Measurement" (DCM 121112, INFERRED FROM)
+#   per view's MG image and the Derivation "Mean" (SCT 373098007, CID 7464);
+# - "Source image for segmentation" (TID 1410 allows one) is the first view's image.
+# Why not TID 1411 (Referenced Segment + 1-n source images), which fits a multi-view lesion
+# better: PixelMed's TID 1500 validator checks every measurement group against every template
+# the report uses (the groups share one concept name), so a report mixing TID 1410 and TID 1411
+# groups fails it whatever the groups hold. The "View fusion" evaluation (99MOLSUB MS0904) marks
+# the fused group; readers tell the groups apart by it (worker.results.summary).
+
+
+def fused_identifier(segment_number: int, label: str, images: Sequence[Dataset]) -> str:
+    """E.g. "Lesion 1 (segment 1) fused over L CC + L MLO" (at most 64 characters)."""
+    views = " + ".join(
+        f"{laterality_of(image) or '?'} {view_position_of(image) or '?'}" for image in images
+    )
+    return f"{label or 'lesion'} (segment {segment_number}) fused over {views}"[:64]
+
+
+def _lesion_views(
+    rois: Sequence[RoiCrop], predictions: Sequence[RoiPrediction]
+) -> dict[int, list[tuple[RoiCrop, RoiPrediction]]]:
+    """Segment number -> its (ROI, prediction) per view, in ROI order."""
+    by_segment: dict[int, list[tuple[RoiCrop, RoiPrediction]]] = {}
+    for roi, prediction in zip(rois, predictions, strict=True):
+        by_segment.setdefault(roi.segment_number, []).append((roi, prediction))
+    return by_segment
+
+
+def _fused_group(
+    views: Sequence[tuple[RoiCrop, RoiPrediction]],
+    seg: Dataset,
+    images: Mapping[str, Dataset],
+    bundle: BundleInfo,
+    uids: ResultUids,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    roi = views[0][0]
+    sources = [images[r.source_sop_instance_uid] for r, _ in views]
+    fused = {
+        task: fuse_probabilities([p.probabilities[task] for _, p in views]) for task in TASK_ORDER
+    }
+    lateralities = {laterality_of(image) for image in sources}
+    evaluations = _evaluations(fused, bundle)
+    evaluations.insert(len(TASK_ORDER), hd.sr.QualitativeEvaluation(VIEW_FUSION, MEAN_OF_VIEWS))
+    frames = [seg_frame_number(seg, r.segment_number, r.source_sop_instance_uid) for r, _ in views]
+    first = sources[0]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.fused_tracking(roi.segment_number),
+            identifier=fused_identifier(roi.segment_number, roi.segment_label, sources),
+        ),
+        referenced_segment=hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=SEGMENTATION,
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            frame_number=frames,
+            segment_number=roi.segment_number,
+            source_image=hd.sr.SourceImageForSegmentation(
+                str(first.SOPClassUID), str(first.SOPInstanceUID)
+            ),
+        ),
+        finding_type=LESION,
+        algorithm_id=algorithm,
+        finding_sites=[_finding_site(lateralities.pop() if len(lateralities) == 1 else None)],
+        measurements=_measurements(
+            fused,
+            algorithm,
+            derivation=MEAN,
+            sources=[
+                hd.sr.SourceImageForMeasurement(str(i.SOPClassUID), str(i.SOPInstanceUID))
+                for i in sources
+            ],
+        ),
         qualitative_evaluations=evaluations,
     )
+
+
+def fused_groups(
+    seg: Dataset,
+    images: Mapping[str, Dataset],
+    rois: Sequence[RoiCrop],
+    predictions: Sequence[RoiPrediction],
+    bundle: BundleInfo,
+    uids: ResultUids,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One group per segment with ROIs on two or more images, in segment order."""
+    lesions = _lesion_views(rois, predictions)
+    return [
+        _fused_group(views, seg, images, bundle, uids, algorithm)
+        for _, views in sorted(lesions.items())
+        if len({r.source_sop_instance_uid for r, _ in views}) >= 2
+    ]
 
 
 def _describe_image_library(content: Dataset, images: dict[str, Dataset]) -> None:
@@ -190,13 +321,15 @@ def build_sr(
     bundle: BundleInfo,
     uids: ResultUids,
 ) -> hd.sr.Comprehensive3DSR:
-    """One SR for one SEG: image library, one measurement group per ROI, who made it."""
+    """One SR for one SEG: image library, one measurement group per ROI, one fused group per
+    lesion seen on two or more views, who made it."""
     images = {str(s.SOPInstanceUID): s for s in sources}
     algorithm = algorithm_identification(bundle)
     groups = [
         _roi_group(i, roi, pred, seg, images[roi.source_sop_instance_uid], bundle, uids, algorithm)
         for i, (roi, pred) in enumerate(zip(rois, predictions, strict=True))
     ]
+    fused = fused_groups(seg, images, rois, predictions, bundle, uids, algorithm)
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -209,7 +342,7 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=groups,
+        imaging_measurements=[*groups, *fused],
         referenced_images=list(sources),
     )
     content = report[0]
@@ -219,7 +352,8 @@ def build_sr(
         name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS"
     )
     statement.ContentSequence = [
-        hd.sr.TextContentItem(name=COMMENT, value=disclaimer(bundle), relationship_type="CONTAINS")
+        hd.sr.TextContentItem(name=COMMENT, value=text, relationship_type="CONTAINS")
+        for text in [disclaimer(bundle), *([FUSION_NOTE] if fused else [])]
     ]
     content.ContentSequence.append(statement)
     sr = hd.sr.Comprehensive3DSR(

@@ -48,3 +48,7 @@ class ResultUids:
 
     def tracking(self, roi_index: int) -> str:
         return self(f"tracking/{roi_index}")
+
+    def fused_tracking(self, segment_number: int) -> str:
+        """A lesion's fused group: one per segment, whatever the order of its ROIs."""
+        return self(f"tracking/fused/segment-{segment_number}")
