@@ -64,6 +64,7 @@ UNTRAINED_MODEL = _private("MS0903", "Untrained model, output is meaningless")
 # what its values are, so neither a radiologist nor a program mistakes it for one more view.
 VIEW_FUSION = _private("MS0904", "View fusion")
 MEAN_OF_VIEWS = _private("MS0905", "Mean of the views' probabilities, per task")
+SYNTHETIC_TRAINED_MODEL = _private("MS0906", "Trained on synthetic data only, not for patients")
 
 NO_UNITS = codes.UCUM.NoUnits
 MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")

@@ -23,16 +23,24 @@ def software_version() -> str:
 
 
 def disclaimer(bundle: BundleInfo) -> str:
-    """The statement every output carries; says UNTRAINED when the weights are random."""
+    """The statement every output carries; says UNTRAINED when the weights are random, and
+    SYNTHETIC when the model learnt from synthetic data only."""
     text = RESEARCH_USE
     if bundle.untrained:
         text += ". UNTRAINED model: predictions are random and meaningless"
+    elif bundle.synthetic_training_data:
+        text += (
+            ". Model trained on SYNTHETIC data only: predictions are meaningful on synthetic "
+            "studies, not on patients"
+        )
     return text
 
 
 def series_description(kind: str, bundle: BundleInfo) -> str:
     """<= 64 characters, as a viewer's series list shows it."""
     flag = " UNTRAINED" if bundle.untrained else ""
+    if not bundle.untrained and bundle.synthetic_training_data:
+        flag = " SYNTHETIC-TRAINED"
     return f"molsub {kind} RESEARCH USE ONLY{flag}"[:64]
 
 

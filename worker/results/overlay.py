@@ -13,7 +13,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from model.bundle_info import BundleInfo
 from model.preprocess.resize import resize_square
 from model.roi import RoiCrop, RoiPrediction
-from model.tasks import SUBTYPE5
+from model.tasks import SUBTYPE5, TASKS
 
 MIN_SIDE = 512
 CONTOUR_RGB = (255, 255, 255)
@@ -28,9 +28,12 @@ def _contour(mask: np.ndarray) -> np.ndarray:
 
 
 def caption(prediction: RoiPrediction) -> str:
-    index = prediction.predicted_index("subtype5")
-    probability = float(prediction.probabilities["subtype5"][index])
-    return f"{SUBTYPE5.class_names[index]}  p={probability:.2f}"
+    """The predicted five-class subtype, or the first task's call for a partial bundle."""
+    task = SUBTYPE5.name if SUBTYPE5.name in prediction.probabilities else None
+    task = task or next(iter(prediction.probabilities))
+    index = prediction.predicted_index(task)
+    probability = float(prediction.probabilities[task][index])
+    return f"{TASKS[task].class_names[index]}  p={probability:.2f}"
 
 
 def render_overlay(roi: RoiCrop, prediction: RoiPrediction, bundle: BundleInfo) -> np.ndarray:
@@ -62,6 +65,8 @@ def render_overlay(roi: RoiCrop, prediction: RoiPrediction, bundle: BundleInfo) 
     ]
     if bundle.untrained:
         lines.append(("UNTRAINED MODEL - output meaningless", WARNING_RGB))
+    elif bundle.synthetic_training_data:
+        lines.append(("TRAINED ON SYNTHETIC DATA - not for patients", WARNING_RGB))
     y = 4
     for text, colour in lines:
         draw.text((6, y), text, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))

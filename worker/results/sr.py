@@ -31,6 +31,7 @@ from worker.results.codes import (
     PROBABILITY_CODES,
     QUALITATIVE_EVALUATIONS,
     RESEARCH_USE_ONLY,
+    SYNTHETIC_TRAINED_MODEL,
     TASK_CONCEPTS,
     UNTRAINED_MODEL,
     VIEW_FUSION,
@@ -95,12 +96,19 @@ def _evaluations(
         hd.sr.QualitativeEvaluation(
             TASK_CONCEPTS[t], CLASS_CODES[t][int(np.argmax(probabilities[t]))]
         )
-        for t in TASK_ORDER
+        for t in tasks_of(probabilities)
     ]
     evaluations.append(hd.sr.QualitativeEvaluation(INTENDED_USE, RESEARCH_USE_ONLY))
     if bundle.untrained:
         evaluations.append(hd.sr.QualitativeEvaluation(MODEL_STATUS, UNTRAINED_MODEL))
+    elif bundle.synthetic_training_data:
+        evaluations.append(hd.sr.QualitativeEvaluation(MODEL_STATUS, SYNTHETIC_TRAINED_MODEL))
     return evaluations
+
+
+def tasks_of(probabilities: Mapping[str, np.ndarray]) -> list[str]:
+    """The bundle's tasks in report order (a bundle may hold only some of the four)."""
+    return [t for t in TASK_ORDER if t in probabilities]
 
 
 def _measurements(
@@ -118,7 +126,7 @@ def _measurements(
             derivation=derivation,
             referenced_images=sources,
         )
-        for task in TASK_ORDER
+        for task in tasks_of(probabilities)
         for j in range(len(PROBABILITY_CODES[task]))
     ]
 
@@ -207,11 +215,12 @@ def _fused_group(
     roi = views[0][0]
     sources = [images[r.source_sop_instance_uid] for r, _ in views]
     fused = {
-        task: fuse_probabilities([p.probabilities[task] for _, p in views]) for task in TASK_ORDER
+        task: fuse_probabilities([p.probabilities[task] for _, p in views])
+        for task in tasks_of(views[0][1].probabilities)
     }
     lateralities = {laterality_of(image) for image in sources}
     evaluations = _evaluations(fused, bundle)
-    evaluations.insert(len(TASK_ORDER), hd.sr.QualitativeEvaluation(VIEW_FUSION, MEAN_OF_VIEWS))
+    evaluations.insert(len(fused), hd.sr.QualitativeEvaluation(VIEW_FUSION, MEAN_OF_VIEWS))
     frames = [seg_frame_number(seg, r.segment_number, r.source_sop_instance_uid) for r, _ in views]
     first = sources[0]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

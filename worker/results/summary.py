@@ -116,13 +116,19 @@ def _call_indices(group: MeasurementGroup) -> dict[str, int]:
 def _describe(values: GroupValues) -> list[str]:
     """The called subtype with its probability, and the three binary calls."""
     meaning = {task: CLASS_CODES[task][i].meaning for task, i in values.calls.items()}
+    lines = []
     index = values.calls.get("subtype5")
-    p = values.probabilities["subtype5"][index] if index is not None else math.nan
-    return [
-        f"    subtype: {meaning.get('subtype5')} (p={p:.2f})",
-        f"    luminal: {meaning.get('luminal')}; HER2: {meaning.get('her2')}; "
-        f"triple-negative: {meaning.get('tn')}",
+    if index is not None:
+        p = values.probabilities["subtype5"][index]
+        lines.append(f"    subtype: {meaning['subtype5']} (p={p:.2f})")
+    binary = [
+        f"{label}: {meaning[task]}"
+        for task, label in (("luminal", "luminal"), ("her2", "HER2"), ("tn", "triple-negative"))
+        if task in meaning
     ]
+    if binary:
+        lines.append(f"    {'; '.join(binary)}")
+    return lines
 
 
 def summarize_sr(sr: Dataset) -> str:
