@@ -164,12 +164,17 @@ def import_reference(
     name: str = "reference",
     version: str = REFERENCE_VERSION,
     overwrite: bool = False,
+    profile: Profile = Profile.REFERENCE,
 ) -> BundleInfo:
     """Convert the authors' checkpoints (task -> file; None entries skipped) into a bundle.
 
-    The bundle uses the "reference" preprocessing profile, the one their weights were trained
-    with, and records each source file's sha256 and the class mapping applied.
+    The bundle uses their intensity pipeline: ``reference`` (our correct crop geometry) by
+    default, or ``reference-exact`` (their crop and resize, defects included) to re-evaluate
+    their weights on inputs exactly like the ones they were trained on. It records each source
+    file's sha256 and the class mapping applied.
     """
+    if profile is Profile.DEFAULT:
+        raise BundleError(f"{out}: the authors' weights need a reference profile, not 'default'")
     chosen = {task: Path(p) for task, p in files.items() if p is not None}
     if not chosen:
         raise BundleError(f"{out}: no checkpoint files given (tasks: {', '.join(TASKS)})")
@@ -198,7 +203,7 @@ def import_reference(
         networks,
         name=name,
         version=version,
-        profile=Profile.REFERENCE,
+        profile=profile,
         untrained=False,
         provenance=provenance,
         overwrite=overwrite,

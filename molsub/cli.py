@@ -11,10 +11,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.errors import BundleError, InputError
 from common.units import Unit, UnitState
+from model.profiles import Profile
 from molsub.cli_dataset import add_dataset_commands
 from molsub.cli_evaluate import add_evaluate_commands
 from molsub.cli_train import add_train_command
@@ -80,7 +81,7 @@ def _cmd_model_import(args: argparse.Namespace) -> int:
 
     files = {"luminal": args.luminal, "her2": args.her2, "tn": args.tn, "subtype5": args.subtype5}
     kwargs = {"version": args.version} if args.version else {}
-    info = import_reference(files, args.out, name=args.name, **kwargs)
+    info = import_reference(files, args.out, name=args.name, profile=args.profile, **kwargs)
     print(f"wrote bundle {info.display_name} (profile {info.profile}) to {args.out}")
     return EXIT_OK
 
@@ -115,7 +116,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _format_metrics(m: dict) -> str:
+def _format_metrics(m: dict[str, Any]) -> str:
     """Test-set AUC with its CI, accuracy, lesion-level AUC and CV mean +- SD, as recorded."""
 
     def num(x: object) -> str:
@@ -216,6 +217,10 @@ def _cmd_resend(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.train:
+        from molsub.train_demo import run_train_demo
+
+        return run_train_demo(args.workdir)
     from molsub.demo import run_demo
 
     return run_demo(args.workdir, offline=args.offline)
@@ -297,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no node: run `molsub predict` in this process instead",
     )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="admin quickstart: SYNTHETIC dataset, a short training run, its report, then the "
+        "node on the new bundle",
+    )
     p.set_defaults(func=_cmd_demo)
 
     model = sub.add_parser("model", help="model bundles").add_subparsers(
@@ -326,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p.add_argument(f"--{task}", type=Path, required=True, help=f"their {published}")
     p.add_argument("--name", default="luo2025-reference")
+    p.add_argument(
+        "--profile",
+        type=Profile,
+        choices=[Profile.REFERENCE, Profile.REFERENCE_EXACT],
+        default=Profile.REFERENCE,
+        help="reference: their intensities, our crop geometry; reference-exact: their crop "
+        "and resize too (docs/profiles.md)",
+    )
     p.add_argument("--version", default=None, help="default: the authors' release")
     p.add_argument("out", type=Path)
     p.set_defaults(func=_cmd_model_import)

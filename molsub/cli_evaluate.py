@@ -23,6 +23,8 @@ def _header(synthetic: bool) -> list[str]:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from model.tasks import TASKS
 
+    if args.bundle is not None or args.manifest is not None:
+        return _evaluate_bundle(args)
     if (args.run_dir is None) == (args.predictions is None):
         print("error: give exactly one of RUN_DIR or --predictions CSV", file=sys.stderr)
         return EXIT_USAGE
@@ -81,6 +83,53 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate_bundle(args: argparse.Namespace) -> int:
+    """A bundle on a manifest under each of ``--profiles``, side by side."""
+    from model.profiles import Profile
+    from train.bundle_eval import compare_profiles
+    from train.cache import CropCache
+    from train.manifest import read_manifest
+    from train.run import all_synthetic
+    from train.splits import Splits
+
+    if args.bundle is None or args.manifest is None or args.out is None or args.run_dir:
+        print("error: --bundle needs --manifest and --out (and no RUN_DIR)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        profiles = [Profile.parse(p.strip()) for p in args.profiles.split(",") if p.strip()]
+        manifest = read_manifest(args.manifest)
+        rows = list(manifest.rows)
+        if args.test_of is not None:
+            test = set(Splits.read(args.test_of / "splits.json").test)
+            rows = [r for r in rows if r.patient_id in test]
+        if not rows:
+            print("error: no manifest rows to evaluate", file=sys.stderr)
+            return EXIT_FAILED
+        synthetic = all_synthetic(rows)
+        cache = CropCache(args.cache or manifest.path.parent / ".molsub-crop-cache")
+        reports = compare_profiles(
+            args.bundle, rows, profiles, args.out, cache, synthetic=synthetic, device=args.device
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    lines = _header(synthetic)
+    for task, report in reports.items():
+        for name, metrics in report["sets"].items():
+            auc, lesion = metrics.get("auc"), metrics["lesion_level"].get("auc")
+            lines.append(
+                f"{task:9s} {name:16s} n={metrics['n']}: AUC {_fmt(auc)}, "
+                f"lesion-level AUC {_fmt(lesion)}, ACC {_fmt(metrics['accuracy']['value'])}"
+            )
+        lines.append(f"report: {args.out / task / 'report.md'}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from train.compare import compare_runs, format_comparison
 
@@ -123,6 +172,28 @@ def add_evaluate_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with RUN_DIR: binary tasks called at the Youden threshold of the validation folds",
     )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="evaluate this bundle on --manifest under each of --profiles, side by side",
+    )
+    p.add_argument("--manifest", type=Path, default=None, help="with --bundle: the images")
+    p.add_argument(
+        "--profiles",
+        default="default,reference,reference-exact",
+        help="with --bundle: comma-separated preprocessing profiles (the first is the "
+        "reference of the paired tests)",
+    )
+    p.add_argument(
+        "--test-of",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="with --bundle: only that training run's test patients",
+    )
+    p.add_argument("--cache", type=Path, default=None, help="with --bundle: crop cache folder")
+    p.add_argument("--device", default="cpu", help="with --bundle: torch device")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("compare", help="paired DeLong and McNemar tests of two training runs")

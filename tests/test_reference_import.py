@@ -186,6 +186,19 @@ def test_provenance_names_sources_digests_and_mapping(reference: Reference, tmp_
     assert "reordered" in info.provenance["mapping"]
 
 
+def test_their_weights_can_be_served_with_their_exact_crops(
+    reference: Reference, tmp_path: Path
+) -> None:
+    from model.profiles import Profile
+
+    files = {"tn": reference.files["tn"]}
+    info = import_reference(files, tmp_path / "exact", profile=Profile.REFERENCE_EXACT)
+    assert info.profile == "reference-exact"
+    assert read_bundle_info(tmp_path / "exact").profile == "reference-exact"
+    with pytest.raises(BundleError, match="need a reference profile"):
+        import_reference(files, tmp_path / "default", profile=Profile.DEFAULT)
+
+
 def test_wrong_file_for_a_task_is_refused(reference: Reference, tmp_path: Path) -> None:
     with pytest.raises(
         BundleError, match=r"subtype5\.pth: classifier\.weight has shape \[5, 1024\]"

@@ -12,8 +12,7 @@ import pytest
 from scipy.stats import binomtest, chi2, norm
 
 from molsub.cli_evaluate import add_evaluate_commands
-from tests.test_train_metrics import delong_reference
-from tests.test_train_report import Row, random_rows, write_csv
+from tests.stats_reference import Row, delong_reference, random_rows, write_csv
 from train.compare import (
     McNemarMethod,
     align_predictions,

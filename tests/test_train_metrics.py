@@ -15,6 +15,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
+from tests.stats_reference import delong_reference
 from train.metrics import (
     Z95,
     auc_with_ci,
@@ -36,33 +37,6 @@ from train.predictions import (
     read_predictions,
     write_predictions,
 )
-
-# ------------------------------------------------------------------ O(n^2) DeLong reference
-
-
-def _psi(x: float, y: float) -> float:
-    return 1.0 if x > y else 0.5 if x == y else 0.0
-
-
-def delong_reference(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong, DeLong and Clarke-Pearson (1988) directly: V10 per positive, V01 per negative,
-    S = S10/m + S01/n. Returns (aucs, covariance)."""
-    scores = np.atleast_2d(scores)
-    pos = np.asarray(positive, dtype=bool)
-    k = scores.shape[0]
-    xs = [s[pos] for s in scores]
-    ys = [s[~pos] for s in scores]
-    m, n = len(xs[0]), len(ys[0])
-    v10 = np.array([[np.mean([_psi(x, y) for y in ys[r]]) for x in xs[r]] for r in range(k)])
-    v01 = np.array([[np.mean([_psi(x, y) for x in xs[r]]) for y in ys[r]] for r in range(k)])
-    aucs = v10.mean(axis=1)
-    s10 = np.zeros((k, k))
-    s01 = np.zeros((k, k))
-    for r in range(k):
-        for s in range(k):
-            s10[r, s] = np.sum((v10[r] - aucs[r]) * (v10[s] - aucs[s])) / (m - 1)
-            s01[r, s] = np.sum((v01[r] - aucs[r]) * (v01[s] - aucs[s])) / (n - 1)
-    return aucs, s10 / m + s01 / n
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

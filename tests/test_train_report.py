@@ -7,7 +7,6 @@ counted by hand or computed with scikit-learn and the O(n^2) DeLong reference.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -19,7 +18,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from model.tasks import TASKS
 from molsub.cli_evaluate import add_evaluate_commands
-from tests.test_train_metrics import delong_reference
+from tests.stats_reference import Row, delong_reference, random_rows, write_csv
 from train.metrics import Z95
 from train.predictions import Predictions, read_predictions
 from train.report import evaluate_named_sets, evaluate_predictions, evaluate_run
@@ -43,8 +42,6 @@ REQUIRED_KEYS = {
 }
 RATES = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
-Row = tuple[str, str, str, int, list[float]]  # case, patient, lesion, label index, probs
-
 # Luminal test set of known answer: 6 patients x (CC, MLO), p(Luminal) per view.
 # Image level: positives .9 .7 .8 .6 .4 .2, negatives .6 .3 .3 .1 .25 .15; pairs won
 # 6 + 6 + 6 + 5.5 (tie at .6) + 5 + 2 = 30.5 of 36. Argmax: TP 4, FN 2, FP 1, TN 5.
@@ -65,35 +62,6 @@ def _luminal_rows() -> list[Row]:
     for patient, (label, cc, mlo) in LUMINAL_TEST.items():
         for view, p in (("CC", cc), ("MLO", mlo)):
             rows.append((f"{patient}-{view}", patient, f"{patient}-L", label, [1 - p, p]))
-    return rows
-
-
-def write_csv(path: Path, task: str, rows: list[Row]) -> None:
-    names = TASKS[task].class_names
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case_id", "patient_id", "label", *(f"p_{c}" for c in names), "lesion_id"])
-        for case, patient, lesion, label, probs in rows:
-            w.writerow([case, patient, names[label], *probs, lesion])
-
-
-def random_rows(task: str, patients: int, seed: int, prefix: str) -> list[Row]:
-    """Two views per patient, informative but noisy probabilities."""
-    rng = np.random.default_rng(seed)
-    k = TASKS[task].num_classes
-    rows = []
-    for i in range(patients):
-        label = i % k if i < 2 * k else int(rng.integers(0, k))
-        for view in ("CC", "MLO"):
-            logits = rng.normal(size=k)
-            logits[label] += 1.0
-            probs = np.exp(logits) / np.exp(logits).sum()
-            probs = np.round(probs, 4)
-            probs[-1] = round(1 - probs[:-1].sum(), 4)
-            rows.append(
-                (f"{prefix}{i}-{view}", f"{prefix}{i}", f"{prefix}{i}-L", label, list(probs))
-            )
     return rows
 
 

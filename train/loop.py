@@ -208,18 +208,25 @@ class FoldTrainer:
             began = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             order = epoch_indices(train_labels, rate, self.rng)
-            train_loss = self._train_epoch(train_set, order, epoch)
-            probs = predict_probs(
-                self.network, val_crops, device=self.device,
-                batch_size=s.eval_batch_size, channels_last=s.channels_last,
-            )  # fmt: skip
-            val_loss = float(
-                F.nll_loss(
-                    torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
-                    torch.as_tensor(val_labels, dtype=torch.long),
+            with tqdm(
+                total=math.ceil(len(order) / s.batch_size),
+                desc=f"{self.task} fold {self.fold} epoch {epoch}/{s.epochs}",
+                unit="batch",
+                disable=not self.progress,
+            ) as bar:
+                train_loss = self._train_epoch(train_set, order, bar)
+                probs = predict_probs(
+                    self.network, val_crops, device=self.device,
+                    batch_size=s.eval_batch_size, channels_last=s.channels_last,
+                )  # fmt: skip
+                val_loss = float(
+                    F.nll_loss(
+                        torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                        torch.as_tensor(val_labels, dtype=torch.long),
+                    )
                 )
-            )
-            auc = validation_auc(np.asarray(val_labels), probs)
+                auc = validation_auc(np.asarray(val_labels), probs)
+                bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{auc:.3f}")
             if _better(auc, val_loss, best_auc, best_loss):
                 best_auc, best_loss, best_epoch = auc, val_loss, epoch
                 _save(self.best_path, self.network.state_dict())
@@ -243,7 +250,7 @@ class FoldTrainer:
         atomic_write_bytes(self.fold_dir / "done.json", json.dumps(done).encode())
         return FoldOutcome(best_epoch, best_auc, self.best_path, val_probs)
 
-    def _train_epoch(self, data: CropSet, order: np.ndarray, epoch: int) -> float:
+    def _train_epoch(self, data: CropSet, order: np.ndarray, bar: tqdm) -> float:
         s = self.settings
         loader = DataLoader(
             data,
@@ -255,25 +262,20 @@ class FoldTrainer:
         )
         self.network.train()
         total, seen = 0.0, 0
-        desc = f"{self.task} fold {self.fold} epoch {epoch}/{s.epochs}"
-        with tqdm(loader, desc=desc, unit="batch", leave=False, disable=not self.progress) as bar:
-            for images, labels in bar:
-                images = images.to(self.device, non_blocking=True).contiguous(
-                    memory_format=self.format
-                )
-                labels = labels.to(self.device, non_blocking=True)
-                autocast = (
-                    torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
-                )
-                with autocast:
-                    loss = F.cross_entropy(self.network(images), labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                total += float(loss.detach()) * len(labels)
-                seen += len(labels)
-                bar.set_postfix(loss=f"{total / seen:.4f}")
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.format)
+            labels = labels.to(self.device, non_blocking=True)
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+            with autocast:
+                loss = F.cross_entropy(self.network(images), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            bar.update()
+            bar.set_postfix(loss=f"{total / seen:.4f}")
         return total / max(seen, 1)
 
     def _resume(self) -> tuple[int, float, float, int]:

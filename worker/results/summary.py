@@ -83,10 +83,7 @@ def group_values(group: MeasurementGroup) -> GroupValues:
         seg_uid=str(frame_item.referenced_sop_instance_uid),
         seg_frames=tuple(frame_item.referenced_frame_numbers or ()),
         source_uids=tuple(sources),
-        probabilities={
-            task: tuple(_value(group, code) for code in codes)
-            for task, codes in PROBABILITY_CODES.items()
-        },
+        probabilities=_probabilities(group),
         calls=_call_indices(group),
     )
 
@@ -94,6 +91,16 @@ def group_values(group: MeasurementGroup) -> GroupValues:
 def fused_results(sr: Dataset) -> list[GroupValues]:
     """Every lesion's fused probabilities and calls, as the SR states them."""
     return [group_values(group) for group in fused_groups(sr)]
+
+
+def _probabilities(group: MeasurementGroup) -> dict[str, tuple[float, ...]]:
+    """Per task the group reports (a bundle may hold some tasks only), its class probabilities."""
+    out = {}
+    for task, names in PROBABILITY_CODES.items():
+        values = tuple(_value(group, name) for name in names)
+        if not all(math.isnan(v) for v in values):
+            out[task] = values
+    return out
 
 
 def _value(group: MeasurementGroup, name: Code) -> float:
