@@ -10,7 +10,6 @@ worker.results.summary, the reader the CLI and the demo print with.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from model.profiles import Profile
 from model.roi import RoiCrop, RoiPrediction
 from model.tasks import TASKS
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
+from tests.sr_items import concept, value_code, walk
 from tests.validators import dciodvfy_errors, pixelmed_sr_errors
 from worker.results.build import build_results
 from worker.results.codes import CLASS_CODES, PROBABILITY_CODES, SCHEME, TASK_CONCEPTS
@@ -116,22 +116,6 @@ def sr(two_views: Unit, bundle: BundleInfo) -> Dataset:
 
 
 # --- reading the SR dataset by its content items -------------------------------------------
-
-
-def walk(item: Dataset) -> Iterator[Dataset]:
-    for child in item.get("ContentSequence", []):
-        yield child
-        yield from walk(child)
-
-
-def concept(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptNameCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
-
-
-def value_code(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
 
 
 def children(item: Dataset, key: tuple[str, str]) -> list[Dataset]:

@@ -29,6 +29,7 @@ from model.preprocess import extract_rois
 from model.roi import RoiCrop, RoiPrediction
 from model.tasks import TASKS
 from tests.factories import disk_mask, make_mg, make_seg, roundtrip
+from tests.sr_items import concept, value_code, walk
 from tests.validators import dciodvfy_errors, pixelmed_sr_errors
 from worker.results.build import build_results
 from worker.results.codes import CLASS_CODES, PROBABILITY_CODES, SCHEME, TASK_CONCEPTS
@@ -143,22 +144,6 @@ def trained_sr(trained_results: ResultSet) -> Dataset:
 
 
 # --- SR reading helpers --------------------------------------------------------------------
-
-
-def walk(item: Dataset) -> Iterator[Dataset]:
-    for child in item.get("ContentSequence", []):
-        yield child
-        yield from walk(child)
-
-
-def concept(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptNameCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
-
-
-def value_code(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
 
 
 def children(item: Dataset, scheme: str, value: str) -> list[Dataset]:

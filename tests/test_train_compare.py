@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, chi2, norm
 
-from molsub.cli_evaluate import add_evaluate_commands
+from molsub.cli import main
 from tests.stats_reference import Row, delong_reference, random_rows, write_csv
 from train.compare import (
     McNemarMethod,
@@ -222,23 +221,15 @@ def test_compare_runs_on_shared_tasks_and_patients(tmp_path: Path) -> None:
     assert "McNemar" in text and "DeLong" in text and "macro AUC" in text
 
 
-def _cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_evaluate_commands(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
 def test_cli_compare_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = random_rows("tn", 20, 3, "P")
     run_a = _run(tmp_path, "a", {"tn": rows})
     run_b = _run(tmp_path, "b", {"tn": rows})
-    assert _cli(["compare", str(run_a), str(run_b)]) == 0
+    assert main(["compare", str(run_a), str(run_b)]) == 0
     out = capsys.readouterr().out
     assert "RESEARCH USE ONLY" in out and "SYNTHETIC" not in out and "p = 1.0000" in out
-    assert _cli(["compare", str(run_a), str(run_b), "--json"]) == 0
+    assert main(["compare", str(run_a), str(run_b), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["tasks"]["tn"]["delong"]["p"] == 1.0
-    assert _cli(["compare", str(run_a), str(tmp_path / "missing")]) == 1
+    assert main(["compare", str(run_a), str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.startswith("error: ")

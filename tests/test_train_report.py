@@ -6,7 +6,6 @@ counted by hand or computed with scikit-learn and the O(n^2) DeLong reference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from model.tasks import TASKS
-from molsub.cli_evaluate import add_evaluate_commands
+from molsub.cli import main
 from tests.stats_reference import Row, delong_reference, random_rows, write_csv
 from train.metrics import Z95
 from train.predictions import Predictions, read_predictions
@@ -339,17 +338,9 @@ def test_evaluate_named_sets_side_by_side(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------- the CLI
 
 
-def _cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    add_evaluate_commands(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
 def test_cli_evaluate_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_run(tmp_path, folds=2)
-    assert _cli(["evaluate", str(run), "--out", str(tmp_path / "o")]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "RESEARCH USE ONLY" in out and "SYNTHETIC" in out
     assert "luminal (positive class: Luminal" in out and "AUC 0.847 (95% CI" in out
@@ -369,11 +360,11 @@ def test_cli_evaluate_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[
         "--out",
         str(tmp_path / "r"),
     ]
-    assert _cli(argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "RESEARCH USE ONLY" in out and "SYNTHETIC" not in out
     assert "image level: n=12" in out and "lesion level" not in out
-    assert _cli([*argv, "--lesion-level", "--synthetic"]) == 0
+    assert main([*argv, "--lesion-level", "--synthetic"]) == 0
     out = capsys.readouterr().out
     assert "lesion level: n=6: AUC 0.889" in out and "SYNTHETIC" in out
 
@@ -389,7 +380,7 @@ def test_cli_evaluate_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[
     ],
 )
 def test_cli_evaluate_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(argv) == 2
+    assert main(argv) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
@@ -405,9 +396,9 @@ def test_cli_evaluate_bad_input_fails(tmp_path: Path, capsys: pytest.CaptureFixt
         "--out",
         str(tmp_path / "r"),
     ]
-    assert _cli(argv) == 1
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "row 2" in err and str(bad) in err
-    assert _cli(["evaluate", str(tmp_path / "nothing")]) == 1
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "run.json" in err
