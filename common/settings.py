@@ -15,12 +15,24 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class InputPolicy(StrEnum):
-    """What the SCP does with a kind of object a PACS may route to it."""
+    """What the SCP does with a kind of object a PACS may route to it.
+
+    ``refuse`` works on SOP classes only (association negotiation cannot look at content), so
+    the kinds told apart by content (the node's own results, SEGs that are not lesion
+    outlines) take ``ignore`` or ``fail`` (and ``process`` for ``non_lesion_seg``)."""
 
     PROCESS = "process"  # stored; a SEG's unit uses it
     REFUSE = "refuse"  # its SOP class is not accepted at association negotiation
     IGNORE = "ignore"  # accepted with success, logged by UID, not stored
     FAIL = "fail"  # accepted, answered with a failure status that says it is not processed
+
+
+# The [inputs] kinds told apart by content (common/inputs.py), after negotiation, and the
+# policies each may take: "refuse" cannot apply, and the node's own results are never processed.
+CONTENT_POLICIES: dict[str, tuple[InputPolicy, ...]] = {
+    "own_results": (InputPolicy.IGNORE, InputPolicy.FAIL),
+    "non_lesion_seg": (InputPolicy.PROCESS, InputPolicy.IGNORE, InputPolicy.FAIL),
+}
 
 
 class MissingImagesPolicy(StrEnum):
@@ -40,6 +52,14 @@ class InputSettings:
     breast_projection: InputPolicy = InputPolicy.REFUSE
     secondary_capture: InputPolicy = InputPolicy.REFUSE  # vendor-wrapped DBT, digitised film
     seg_images_missing: MissingImagesPolicy = MissingImagesPolicy.TIMEOUT
+    # The node's own SR, SC and heatmap SEG routed back (common/inputs.py): ignored, so that a
+    # PACS rule routing them here ends without a loop and without an error per object.
+    own_results: InputPolicy = InputPolicy.IGNORE
+    # A SEG that is FRACTIONAL or has a segment that is not a lesion (common/inputs.py): a
+    # failure status tells the sender why it gets no results; "process" takes it anyway.
+    non_lesion_seg: InputPolicy = InputPolicy.FAIL
+    # MG images with fewer rows or columns cannot hold a lesion crop: refused (0xC000).
+    min_image_side: int = 64
 
 
 @dataclass(frozen=True)
@@ -72,13 +92,23 @@ class QueueSettings:
 
 @dataclass(frozen=True)
 class Destination:
-    """Where results go: a DICOM AE (ae_title, host, port) or a folder (demos, debugging)."""
+    """Where results go: a DICOM AE (ae_title, host, port) or a folder (demos, debugging).
+
+    The timeouts bound every wait of a C-STORE association, so that a peer that refuses,
+    aborts or goes silent costs a known time and never blocks the deliver queue.
+    """
 
     name: str
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
     folder: Path | None = None
+    # TCP connect, and the peer's answer to an A-ASSOCIATE or A-RELEASE request (each).
+    acse_timeout_s: float = 30.0
+    # From the start of sending one object to its C-STORE response (the send is counted).
+    dimse_timeout_s: float = 60.0
+    # The connection idle, or a send the peer does not read, this long: the association ends.
+    network_timeout_s: float = 60.0
 
     @property
     def is_folder(self) -> bool:
@@ -119,7 +149,9 @@ class NodeConfig:
             f"inputs: MG For Processing {i.mg_for_processing}, Breast Tomosynthesis "
             f"{i.breast_tomosynthesis}, Breast Projection {i.breast_projection}, Secondary "
             f"Capture {i.secondary_capture}; a SEG whose images never come: "
-            f"{i.seg_images_missing}"
+            f"{i.seg_images_missing}; the node's own results: {i.own_results}; a SEG that is "
+            f"not a lesion outline: {i.non_lesion_seg}; images under {i.min_image_side} px a "
+            "side: refused"
         )
         if not self.destinations:
             lines.append("destinations: none (results are recorded in the spool only)")
@@ -127,7 +159,9 @@ class NodeConfig:
             where = (
                 f"folder {dest.folder}"
                 if dest.is_folder
-                else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}"
+                else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}; timeouts: association "
+                f"{dest.acse_timeout_s:g} s, DIMSE {dest.dimse_timeout_s:g} s, network "
+                f"{dest.network_timeout_s:g} s"
             )
             lines.append(f"destination {dest.name!r}: {where}")
         return "\n".join(lines)

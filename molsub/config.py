@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common.settings import (
+    CONTENT_POLICIES,
     Destination,
     InputPolicy,
     InputSettings,
@@ -36,6 +37,9 @@ from common.settings import (
 ENV_PREFIX = "MOLSUB_"
 CONFIG_FILE_ENV = "MOLSUB_CONFIG"  # names the node.toml when no --config is given
 T = TypeVar("T")
+# A destination's network waits; an hour bounds them so that a typo cannot park a deliver worker.
+DESTINATION_TIMEOUTS = ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s")
+MAX_TIMEOUT_S = 3600.0
 
 
 class ConfigError(ValueError):
@@ -248,6 +252,15 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
                 f"{_label('inputs', key, env)}: the node has no model for these images; "
                 'use "refuse", "ignore" or "fail"'
             )
+    for key, allowed in CONTENT_POLICIES.items():
+        if getattr(config.inputs, key) not in allowed:
+            choices = ", ".join(f'"{p}"' for p in allowed)
+            raise ConfigError(
+                f"{_label('inputs', key, env)}: these objects are recognised by their content, "
+                f"which association negotiation cannot see; use {choices}"
+            )
+    if config.inputs.min_image_side < 1:
+        raise ConfigError(f"{_label('inputs', 'min_image_side', env)}: must be >= 1 pixel")
     names: set[str] = set()
     for dest in config.destinations:
         label = f"[[destinations]] {dest.name!r}"
@@ -265,6 +278,12 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
             raise ConfigError(f"{label}: needs ae_title, host and port (or folder)")
         _check_ae_title(dest.ae_title or "", f"{label} ae_title")
         _check_port(dest.port or 0, f"{label} port")
+        for key in DESTINATION_TIMEOUTS:
+            value = getattr(dest, key)
+            if not 0 < value <= MAX_TIMEOUT_S:
+                raise ConfigError(
+                    f"{label} {key}: must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {value}"
+                )
 
 
 def _check_ae_title(value: str, label: str) -> None:

@@ -146,6 +146,21 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: floa
             proc.wait()
 
 
+def _own_device_uids(config: NodeConfig) -> tuple[str, ...]:
+    """The configured bundle's device UID, so the SCP knows the node's own results by it (it
+    also knows them by manufacturer, whatever bundle made them)."""
+    from common.errors import BundleError
+    from model.bundle_info import read_bundle_info
+
+    if config.model.bundle is None:
+        return ()
+    try:
+        return (read_bundle_info(config.model.bundle).device_uid,)
+    except BundleError as exc:
+        log.warning("model bundle not readable (%s); own results known by manufacturer", exc)
+        return ()
+
+
 def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) -> int:
     """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers)."""
     from scp.server import NodeSCP
@@ -157,7 +172,9 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     processes = start_local_workers(config) if workers else []
-    scp = NodeSCP(config.node, enqueue, inputs=config.inputs)
+    scp = NodeSCP(
+        config.node, enqueue, inputs=config.inputs, own_device_uids=_own_device_uids(config)
+    )
     try:
         scp.start()
         # The line a supervisor or a test waits for; the real port when 0 was asked for.

@@ -1,15 +1,23 @@
 """NodeSCP: the node's DICOM receiver (C-ECHO, C-STORE of MG and SEG) over the spool.
 
 Success (0x0000) goes back only after the object is durably in the spool and recorded in the
-state database; anything else gets a failure status with an error comment and leaves no
-object behind. Objects stream to disk (pynetdicom's STORE_RECV_CHUNKED_DATASET), so a 30 MB
-mammogram is never held in memory whole.
+state database, or when [inputs] says to ignore the object; anything else gets a failure status
+with an error comment and leaves no object behind. Objects stream to disk (pynetdicom's
+STORE_RECV_CHUNKED_DATASET), so a 30 MB mammogram is never held in memory whole; what is
+checked (own result, lesion SEG, image size) is read from that file's header.
+
+The node's own results routed back (common/inputs.py) never become inputs: with
+``own_results = "ignore"`` the node's output classes (Comprehensive 3D SR, Secondary Capture)
+are negotiated even when they are not inputs, so that a PACS rule routing them here ends
+quietly; any other object of such a class is then answered 0xC000, the C-STORE form of
+``refuse``.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Collection
 
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -19,19 +27,21 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from common.errors import InputError
+from common.inputs import NODE_OUTPUT_SOP_CLASSES
 from common.progress import ProgressFiles
-from common.settings import InputPolicy, InputSettings, NodeSettings
+from common.settings import CONTENT_POLICIES, InputPolicy, InputSettings, NodeSettings
 from common.sop_classes import (
     BREAST_PROJECTION_FOR_PRESENTATION,
     BREAST_PROJECTION_FOR_PROCESSING,
     BREAST_TOMOSYNTHESIS,
+    COMPREHENSIVE_3D_SR,
     MG_FOR_PRESENTATION,
     MG_FOR_PROCESSING,
     SECONDARY_CAPTURE,
     SEGMENTATION,
 )
 from scp.dispatcher import Dispatcher, EnqueueFn
-from scp.spool import Spool
+from scp.spool import NotMatchingSopClass, Spool, own_result_of
 from scp.state import StateDB
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,7 @@ TRANSFER_SYNTAXES = (
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_NOT_MATCHING_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
@@ -68,9 +79,15 @@ class NodeSCP:
         *,
         inputs: InputSettings | None = None,
         poll_s: float = 1.0,
+        own_device_uids: Collection[str] = (),
     ) -> None:
         self.settings = settings
         self.inputs = inputs or InputSettings()
+        for key, allowed in CONTENT_POLICIES.items():
+            if getattr(self.inputs, key) not in allowed:
+                raise ValueError(f"[inputs] {key} must be one of {', '.join(allowed)}")
+        # Device UIDs of the bundles this node serves: one more way to know its own results.
+        self.own_device_uids = frozenset(own_device_uids)
         # The objects a PACS may route that are not the node's input, each with its [inputs]
         # policy (PROCESS for MG For Processing means: spooled like For Presentation).
         self.policies: dict[str, tuple[str, InputPolicy]] = {
@@ -83,6 +100,13 @@ class NodeSCP:
             BREAST_PROJECTION_FOR_PROCESSING: ("breast_projection", self.inputs.breast_projection),
             SECONDARY_CAPTURE: ("secondary_capture", self.inputs.secondary_capture),
         }
+        # Output classes negotiated only so that the node's own results can be ignored.
+        self.own_results_only: frozenset[str] = frozenset()
+        if self.inputs.own_results is InputPolicy.IGNORE:
+            refused = {COMPREHENSIVE_3D_SR} | {
+                uid for uid, (_, p) in self.policies.items() if p is InputPolicy.REFUSE
+            }
+            self.own_results_only = frozenset(refused & NODE_OUTPUT_SOP_CLASSES)
         self.spool = Spool(settings.spool_dir)
         self._enqueue = enqueue
         self._poll_s = poll_s
@@ -164,9 +188,11 @@ class NodeSCP:
         return int(self._server.server_address[1])
 
     def negotiated_sop_classes(self) -> list[str]:
-        """MG For Presentation and SEG, and every other kind whose policy is not ``refuse``."""
+        """MG For Presentation and SEG, every other kind whose policy is not ``refuse``, and
+        the node's output classes while its own results are ignored."""
         accepted = [MG_FOR_PRESENTATION, SEGMENTATION]
         accepted += [uid for uid, (_, p) in self.policies.items() if p is not InputPolicy.REFUSE]
+        accepted += sorted(self.own_results_only)
         return accepted
 
     # -- C-STORE -------------------------------------------------------------------------------
@@ -176,24 +202,45 @@ class NodeSCP:
         calling = event.assoc.requestor.ae_title
         assert self.db is not None and self.dispatcher is not None
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
-        kind, policy = self.policies.get(sop_class, ("", InputPolicy.PROCESS))
-        if policy is InputPolicy.IGNORE:
-            # Not stored: pynetdicom removes the received file when the handler returns.
-            log.info("C-STORE of %s from %s ignored ([inputs] %s)", request_uid, calling, kind)
-            return STATUS_SUCCESS
-        if policy is InputPolicy.FAIL:
+        if sop_class in NODE_OUTPUT_SOP_CLASSES:
+            own = own_result_of(event.dataset_path, self.own_device_uids)
+            if own:
+                policy = self.inputs.own_results
+                return self._not_taken(policy, "own_results", request_uid, calling, own)
+        name = UID(sop_class).name if sop_class else "(no SOP class)"
+        if sop_class in self.own_results_only:
             log.warning(
-                "C-STORE of %s from %s not processed ([inputs] %s)", request_uid, calling, kind
+                "C-STORE of %s from %s refused: %s is not an input (negotiated for the node's "
+                "own results only)",
+                request_uid,
+                calling,
+                name,
             )
-            return _status(STATUS_CANNOT_UNDERSTAND, f"{UID(sop_class).name} not processed here")
+            return _status(STATUS_CANNOT_UNDERSTAND, f"{name} not accepted here")
+        kind, policy = self.policies.get(sop_class, ("", InputPolicy.PROCESS))
+        if policy is not InputPolicy.PROCESS:
+            return self._not_taken(policy, kind, request_uid, calling, f"{name} not processed here")
         try:
-            tmp, info = self.spool.receive(event.dataset_path, request_uid, move=True)
+            tmp, info = self.spool.receive(
+                event.dataset_path,
+                request_uid,
+                move=True,
+                min_image_side=self.inputs.min_image_side,
+            )
+        except NotMatchingSopClass as exc:
+            log.warning("C-STORE from %s refused: %s", calling, exc)
+            return _status(STATUS_NOT_MATCHING_SOP_CLASS, exc.reason)
         except InputError as exc:
             log.warning("C-STORE from %s refused: %s", calling, exc)
             return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
         except OSError as exc:
             log.error("C-STORE of %s from %s: spool write failed: %s", request_uid, calling, exc)
             return _status(STATUS_OUT_OF_RESOURCES, "spool write failed")
+        if info.not_lesion and self.inputs.non_lesion_seg is not InputPolicy.PROCESS:
+            self.spool.discard(tmp)
+            policy = self.inputs.non_lesion_seg
+            uid = info.sop_instance_uid
+            return self._not_taken(policy, "non_lesion_seg", uid, calling, info.not_lesion)
         try:
             final = self.spool.commit(tmp, info)
             ready = self.db.record_instance(info, final)
@@ -212,6 +259,20 @@ class NodeSCP:
             log.info("unit(s) ready: %s", ", ".join(ready))
             self.dispatcher.wake()
         return STATUS_SUCCESS
+
+    @staticmethod
+    def _not_taken(
+        policy: InputPolicy, kind: str, uid: str, calling: str, reason: str
+    ) -> Dataset | int:
+        """Answer an object [inputs] does not let in: ``ignore`` (success, logged, not stored:
+        pynetdicom removes the received file when the handler returns) or ``fail``."""
+        if policy is InputPolicy.IGNORE:
+            log.info("C-STORE of %s from %s ignored ([inputs] %s): %s", uid, calling, kind, reason)
+            return STATUS_SUCCESS
+        log.warning(
+            "C-STORE of %s from %s not processed ([inputs] %s): %s", uid, calling, kind, reason
+        )
+        return _status(STATUS_CANNOT_UNDERSTAND, reason)
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,8 +22,14 @@ from pydicom.errors import InvalidDicomError
 
 from common.durable import fsync_directory
 from common.errors import InputError
+from common.inputs import non_lesion_reason, own_result_reason
 from common.seg_refs import referenced_image_uids
-from common.sop_classes import MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION
+from common.sop_classes import (
+    MG_FOR_PRESENTATION,
+    MG_FOR_PROCESSING,
+    MG_SOP_CLASSES,
+    SEGMENTATION,
+)
 from common.spool_layout import SpoolLayout
 from common.uids import is_valid_uid
 
@@ -31,6 +38,14 @@ log = logging.getLogger(__name__)
 ACCEPTED_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION)
 
 _COPY_CHUNK = 1 << 20
+# Values this large are skipped, not read: Pixel Data is seen (its presence and length) without
+# a 30 MB mammogram coming into memory.
+_DEFER_SIZE = 1 << 16
+
+
+class NotMatchingSopClass(InputError):
+    """The object lacks what its SOP class requires (an MG image without Pixel Data): the
+    SCP answers 0xA900, "Data Set does not match SOP Class"."""
 
 
 @dataclass(frozen=True)
@@ -41,20 +56,23 @@ class ObjectInfo:
     sop_class_uid: str
     study_uid: str
     referenced_uids: tuple[str, ...] = ()  # a SEG's source images; empty for images
+    not_lesion: str = ""  # why a SEG is not a lesion outline (common/inputs.py); "" if it is
 
     @property
     def is_seg(self) -> bool:
         return self.sop_class_uid == SEGMENTATION
 
 
-def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
-    """The UIDs of a stored object, read with pydicom up to the pixel data.
+def read_object_info(path: Path, fallback_uid: str = "", *, min_image_side: int = 1) -> ObjectInfo:
+    """The UIDs of a stored object, read with pydicom without loading its pixel data.
 
     Raises InputError naming the SOP Instance UID (or ``fallback_uid``, the one in the C-STORE
-    request, when the object has none) and what is wrong.
+    request, when the object has none) and what is wrong; NotMatchingSopClass for an MG image
+    without Pixel Data or Rows/Columns. An MG image with a side under ``min_image_side`` cannot
+    hold a lesion crop and is refused too.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
         reason = f"not a readable DICOM object: {exc}"
         raise InputError(fallback_uid or "(unknown)", reason) from None
@@ -68,7 +86,10 @@ def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
     if not is_valid_uid(study_uid):
         raise InputError(sop_uid, "missing or invalid Study Instance UID")
+    if sop_class in MG_SOP_CLASSES:
+        _check_image(ds, sop_uid, min_image_side)
     refs: tuple[str, ...] = ()
+    not_lesion = ""
     if sop_class == SEGMENTATION:
         refs = tuple(referenced_image_uids(ds))
         if not refs:
@@ -76,7 +97,42 @@ def read_object_info(path: Path, fallback_uid: str = "") -> ObjectInfo:
         bad = [r for r in refs if not is_valid_uid(r)]
         if bad:
             raise InputError(sop_uid, f"SEG references invalid UID(s) {bad}")
-    return ObjectInfo(sop_uid, sop_class, study_uid, refs)
+        not_lesion = non_lesion_reason(ds)
+    return ObjectInfo(sop_uid, sop_class, study_uid, refs, not_lesion)
+
+
+def _check_image(ds: pydicom.Dataset, sop_uid: str, min_side: int) -> None:
+    """Pixel Data present and not empty, Rows and Columns at least ``min_side``; read from the
+    header and the deferred Pixel Data element's length, never from the pixels."""
+    if _pixel_data_length(ds) == 0:
+        raise NotMatchingSopClass(sop_uid, "MG image has no Pixel Data")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if not (rows and cols):
+        raise NotMatchingSopClass(sop_uid, "MG image has no Rows/Columns")
+    if min(rows, cols) < min_side:
+        raise InputError(
+            sop_uid, f"image {rows}x{cols} px (rows x columns) under min_image_side {min_side} px"
+        )
+
+
+def _pixel_data_length(ds: pydicom.Dataset) -> int:
+    """The Pixel Data element's length as the file gives it (0: absent or empty), read from
+    the raw element so that a deferred value stays on disk."""
+    if "PixelData" not in ds:
+        return 0
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    length = getattr(elem, "length", None)  # a raw element; a converted one has its value
+    return int(length) if length is not None else len(elem.value or b"")
+
+
+def own_result_of(path: Path, device_uids: Collection[str] = ()) -> str:
+    """Why the object at ``path`` is a result of this node (common/inputs.py), or "" when it is
+    not or cannot be read (what is unreadable is refused later, when it is spooled)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError, OSError):
+        return ""
+    return own_result_reason(ds, device_uids)
 
 
 class Spool:
@@ -106,7 +162,12 @@ class Spool:
         return self.studies_dir / study_uid / f"{sop_instance_uid}.dcm"
 
     def receive(
-        self, source: BinaryIO | Path, fallback_uid: str = "", *, move: bool = False
+        self,
+        source: BinaryIO | Path,
+        fallback_uid: str = "",
+        *,
+        move: bool = False,
+        min_image_side: int = 1,
     ) -> tuple[Path, ObjectInfo]:
         """Put ``source`` (a DICOM file) into a synced temporary file and read its UIDs.
 
@@ -128,7 +189,7 @@ class Spool:
                     out.flush()
             with tmp.open("rb") as synced:
                 os.fsync(synced.fileno())
-            return tmp, read_object_info(tmp, fallback_uid)
+            return tmp, read_object_info(tmp, fallback_uid, min_image_side=min_image_side)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

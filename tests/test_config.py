@@ -162,6 +162,20 @@ def test_input_policies_default_and_override(tmp_path: Path) -> None:
     assert again.inputs == load_config(path, {}).inputs  # to_toml writes [inputs] back
 
 
+def test_own_results_non_lesion_seg_and_min_image_side(tmp_path: Path) -> None:
+    defaults = load_config(None, {}).inputs
+    assert (defaults.own_results, defaults.non_lesion_seg) == ("ignore", "fail")
+    assert defaults.min_image_side == 64
+    path = tmp_path / "node.toml"
+    path.write_text('[inputs]\nown_results = "fail"\nnon_lesion_seg = "process"\n')
+    config = load_config(path, {"MOLSUB_INPUTS_MIN_IMAGE_SIDE": "128"})
+    assert config.inputs.own_results is InputPolicy.FAIL
+    assert config.inputs.non_lesion_seg is InputPolicy.PROCESS
+    assert config.inputs.min_image_side == 128
+    assert load_config(write_back(config, tmp_path), {}).inputs == config.inputs
+    assert "the node's own results: fail" in config.describe()
+
+
 def write_back(config: NodeConfig, tmp_path: Path) -> Path:
     """molsub.config.to_toml, as the demo, tests and benches write a node.toml."""
     path = tmp_path / "again.toml"
@@ -176,6 +190,11 @@ def write_back(config: NodeConfig, tmp_path: Path) -> Path:
         ('[inputs]\nsecondary_capture = "keep"\n', 'must be one of "process", "refuse"'),
         ('[inputs]\nseg_images_missing = "ignore"\n', 'must be one of "timeout", "fail"'),
         ("[inputs]\nmg_for_processing = 1\n", "[inputs] mg_for_processing"),
+        ('[inputs]\nown_results = "refuse"\n', "recognised by their content"),
+        ('[inputs]\nown_results = "process"\n', 'use "ignore", "fail"'),
+        ('[inputs]\nnon_lesion_seg = "refuse"\n', 'use "process", "ignore", "fail"'),
+        ("[inputs]\nmin_image_side = 0\n", "[inputs] min_image_side: must be >= 1"),
+        ('[inputs]\nmin_image_side = "big"\n', "[inputs] min_image_side: must be an integer"),
     ],
 )
 def test_bad_input_policies_name_key_and_choices(tmp_path: Path, text: str, message: str) -> None:

@@ -106,7 +106,8 @@ def test_down_destination_stays_pending_then_resend(tmp_path: Path) -> None:
     assert outcome == {"pacs": DestinationState.PENDING}
     entry = store.status("u1")["destinations"]["pacs"]
     assert entry["state"] == DestinationState.PENDING and entry["attempts"] == 1
-    assert f"DEST@127.0.0.1:{port}" in entry["error"]
+    assert entry["error"].startswith(f"association with DEST@127.0.0.1:{port} not opened: ")
+    assert "no TCP connection" in entry["error"]
     assert resend("u1", config) == {"pacs": DestinationState.FAILED}
     assert store.status("u1")["destinations"]["pacs"]["state"] == DestinationState.FAILED
     proc = start_storescp(tmp_path / "received", port)
@@ -132,7 +133,9 @@ def test_refused_store_is_an_error_naming_the_destination(tmp_path: Path) -> Non
         store = ResultStore(tmp_path)
         store.record("u1", _objects(), ["refuser"])
         dest = Destination("refuser", ae_title="REFUSER", host="127.0.0.1", port=port)
-        with pytest.raises(DeliveryError, match="refuser.*status 0xA700"):
+        with pytest.raises(
+            DeliveryError, match=r"refuser.*status 0xA700 \(Failure: Refused: Out of Resources\)"
+        ):
             store_scu(dest, store.object_paths("u1"), calling_ae="MOLSUB")
         assert deliver_recorded(store, "u1", [dest], calling_ae="MOLSUB") == {
             "refuser": DestinationState.PENDING

@@ -270,7 +270,8 @@ def test_every_transfer_syntax_received_over_the_network_as_sent(
     start_scp: StartFn, tmp_path: Path, syntax: str
 ) -> None:
     """Each offered syntax is negotiated alone, received and spooled unchanged."""
-    scp = start_scp(Recorder())
+    # The HTJ2K codestream (factories.HTJ2K_CODESTREAM) is 24x20 px: under the 64 px default.
+    scp = start_scp(Recorder(), inputs=InputSettings(min_image_side=16))
     sent_path = encoded_mg(syntax, tmp_path)
     sent = pydicom.dcmread(sent_path)
     assert sent.file_meta.TransferSyntaxUID == syntax
@@ -283,23 +284,55 @@ def test_every_transfer_syntax_received_over_the_network_as_sent(
 
 
 @pytest.mark.parametrize(
-    "sample", ["mg/jpeg2k_3d.dcm", "sr_seg/sr_document.dcm", "sr_seg/dcmqi_sr.dcm"]
+    ("sample", "own_results"),
+    [
+        ("mg/jpeg2k_3d.dcm", InputPolicy.IGNORE),
+        ("sr_seg/dcmqi_sr.dcm", InputPolicy.IGNORE),  # Comprehensive SR: the node writes 3D SR
+        ("sr_seg/sr_document.dcm", InputPolicy.FAIL),  # 3D SR: negotiated while own are ignored
+    ],
 )
 def test_unsupported_sop_class_refused_at_negotiation(
-    start_scp: StartFn, samples_dir: Path, tmp_path: Path, sample: str
+    start_scp: StartFn, samples_dir: Path, tmp_path: Path, sample: str, own_results: InputPolicy
 ) -> None:
-    scp = start_scp(Recorder())
+    scp = start_scp(Recorder(), inputs=InputSettings(own_results=own_results))
     result = storescu(scp.port, [samples_dir / sample])
     assert result.returncode != 0
     assert "No Acceptable Presentation Contexts" in result.stderr
     assert spooled_files(tmp_path / "spool") == []
 
 
+@pytest.mark.parametrize("sample", ["sr_seg/sr_document.dcm", "mg/MG-Im-Hologic-PropProj.dcm"])
+def test_other_sr_and_sc_refused_by_status_while_own_results_are_ignored(
+    start_scp: StartFn,
+    samples_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    sample: str,
+) -> None:
+    """3D SR and SC are negotiated (defaults) so that the node's own come back quietly; a
+    third party's then gets 0xC000, the C-STORE form of "refuse"."""
+    scp = start_scp(Recorder())
+    path = samples_dir / sample
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    with caplog.at_level(logging.WARNING, logger="scp.server"):
+        status = store_status(scp.port, path, ds)
+    assert not isinstance(status, str), status
+    assert status.Status == 0xC000
+    assert status.ErrorComment.endswith("not accepted here")
+    assert spooled_files(tmp_path / "spool") == []
+    assert f"C-STORE of {ds.SOPInstanceUID} from {SCU_AET} refused" in caplog.text
+
+
+def _relabelled(samples_dir: Path, folder: Path, sop_class: str) -> Path:
+    """A real 512x512 MG sample relabelled as ``sop_class``."""
+    ds = pydicom.dcmread(samples_dir / "mg" / "MG_Explicit_Little.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    return write(ds, folder, "relabelled.dcm")
+
+
 def _breast_projection(samples_dir: Path, folder: Path) -> Path:
     """A real MG sample relabelled Breast Projection X-Ray (no public sample exists)."""
-    ds = pydicom.dcmread(samples_dir / "mg" / "MG_Explicit_Little.dcm")
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BREAST_PROJECTION_FOR_PRESENTATION
-    return write(ds, folder, "breast-projection.dcm")
+    return _relabelled(samples_dir, folder, BREAST_PROJECTION_FOR_PRESENTATION)
 
 
 POLICY_SAMPLES = {
@@ -331,7 +364,13 @@ def test_input_policies_for_objects_the_node_does_not_process(
     path = samples_dir / sample if sample else _breast_projection(samples_dir, tmp_path)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     uid = str(ds.SOPInstanceUID)
-    scp = start_scp(Recorder(), inputs=InputSettings(**{kind: InputPolicy(policy)}))
+    if kind == "mg_for_processing" and policy == "process":
+        path = _relabelled(samples_dir, tmp_path, MG_FOR_PROCESSING)  # GE's is 1x2 pixels
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = str(ds.SOPInstanceUID)
+    # own_results "fail": the node's output classes are negotiated by their own policies only.
+    inputs = InputSettings(**{kind: InputPolicy(policy)}, own_results=InputPolicy.FAIL)
+    scp = start_scp(Recorder(), inputs=inputs)
     with caplog.at_level("INFO", logger="scp.server"):
         # pynetdicom as the sender: dcmtk cannot read the Hologic sample's header at all.
         outcome = store_as_sent(scp.port, path, ds)
@@ -354,6 +393,13 @@ def test_input_policies_for_objects_the_node_does_not_process(
 
 def store_as_sent(port: int, path: Path, ds: pydicom.Dataset) -> int | str:
     """C-STORE ``path`` in its own SOP class and transfer syntax; the status, or why not."""
+    status = store_status(port, path, ds)
+    return status if isinstance(status, str) else int(status.Status)
+
+
+def store_status(port: int, path: Path, ds: pydicom.Dataset) -> pydicom.Dataset | str:
+    """C-STORE ``path`` in its own SOP class and transfer syntax; the status dataset (with its
+    ErrorComment), or why it could not be sent."""
     ae = AE(ae_title=SCU_AET)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="MOLSUB")
@@ -365,7 +411,7 @@ def store_as_sent(port: int, path: Path, ds: pydicom.Dataset) -> int | str:
         status = assoc.send_c_store(path)
     finally:
         assoc.release()
-    return int(status.Status)
+    return status
 
 
 def test_calling_ae_not_allowed_is_rejected(
@@ -544,3 +590,184 @@ def test_large_mg_streams_to_disk_not_memory(tmp_path: Path) -> None:
     assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(big).PixelData
     assert stored.stat().st_mode & 0o077 == 0  # patient data: not readable by others
     assert growth_mib < 10, f"peak memory grew by {growth_mib:.1f} MiB for a 27 MB object"
+
+
+# -- what is not an input: images too small or without pixels, own results, non-lesion SEGs --
+
+
+def nothing_kept(scp: NodeSCP, spool: Path) -> bool:
+    """No object in the spool (nor a temporary one), none recorded, no unit."""
+    assert scp.db is not None
+    return (
+        spooled_files(spool) == []
+        and list((spool / "tmp").iterdir()) == []
+        and scp.db.count_instances() == 0
+        and scp.db.list_units() == []
+    )
+
+
+def _ge_without_pixels(samples_dir: Path, folder: Path) -> Path:
+    ds = pydicom.dcmread(samples_dir / "mg" / "MG-Im-GE_Seno_1_ForPresentation.dcm")
+    del ds.PixelData
+    return write(ds, folder, "ge-no-pixels.dcm")
+
+
+@pytest.mark.parametrize(
+    ("variant", "response", "reason"),
+    [
+        (
+            "1x2 pixels",
+            "Error: CannotUnderstand",
+            "image 1x2 px (rows x columns) under min_image_side 64 px",
+        ),
+        ("no PixelData", "Error: DataSetDoesNotMatchSOPClass", "MG image has no Pixel Data"),
+    ],
+)
+def test_real_ge_header_without_a_usable_image_refused(
+    start_scp: StartFn,
+    samples_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    variant: str,
+    response: str,
+    reason: str,
+) -> None:
+    """The real GE Senographe header whose pixels were cut to 1x2 (and with none at all)."""
+    path = samples_dir / "mg" / "MG-Im-GE_Seno_1_ForPresentation.dcm"
+    if variant == "no PixelData":
+        path = _ge_without_pixels(samples_dir, tmp_path)
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    enqueue = Recorder()
+    scp = start_scp(enqueue)
+    with caplog.at_level(logging.WARNING, logger="scp.server"):
+        result = storescu(scp.port, [path], options=("-R", "-v"))
+    assert f"Received Store Response ({response})" in result.stderr, result.stderr
+    assert nothing_kept(scp, tmp_path / "spool")
+    [line] = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert uid in line and reason in line
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    status = store_status(scp.port, path, ds)  # the same again, for the ErrorComment
+    assert not isinstance(status, str) and status.ErrorComment == reason
+    assert nothing_kept(scp, tmp_path / "spool") and enqueue.units == []
+
+
+def test_min_image_side_is_configurable(start_scp: StartFn, tmp_path: Path) -> None:
+    """A 256x200 image: refused with a 201 px minimum, taken with 200."""
+    path = write(make_mg(), tmp_path, "mg.dcm")
+    strict = start_scp(Recorder(), inputs=InputSettings(min_image_side=201))
+    result = storescu(strict.port, [path], options=("-R", "-v"))
+    assert "Received Store Response (Error: CannotUnderstand" in result.stderr, result.stderr
+    assert nothing_kept(strict, tmp_path / "spool")
+    strict.stop()
+    lenient = start_scp(Recorder(), inputs=InputSettings(min_image_side=200))
+    send_ok(lenient.port, path)
+    assert len(spooled_files(tmp_path / "spool")) == 1
+
+
+@pytest.fixture(scope="module")
+def own_results(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The node's SR, 2 SCs and 2 heatmap SEGs (real worker.results), as files."""
+    from tests.node_results import node_results
+
+    out = tmp_path_factory.mktemp("own-results")
+    results, _, _ = node_results()
+    return [write(ds, out, f"{ds.SOPInstanceUID}.dcm") for ds in results]
+
+
+def test_own_results_sent_back_are_ignored_and_logged(
+    start_scp: StartFn, own_results: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueue = Recorder()
+    scp = start_scp(enqueue)
+    with caplog.at_level(logging.INFO, logger="scp.server"):
+        result = storescu(scp.port, own_results, options=("-R", "-v"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Received Store Response (Success)") == 5, result.stderr
+    assert nothing_kept(scp, tmp_path / "spool")
+    time.sleep(0.2)
+    assert enqueue.attempts == 0
+    for path in own_results:
+        sop_uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        said = f"C-STORE of {sop_uid} from {SCU_AET} ignored ([inputs] own_results)"
+        assert f"{said}: a result of this node" in caplog.text
+
+
+def test_own_results_answered_with_failure_when_configured(
+    start_scp: StartFn, own_results: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """own_results = "fail": the heatmap SEGs get 0xC000; SR and SC are not negotiated."""
+    scp = start_scp(Recorder(), inputs=InputSettings(own_results=InputPolicy.FAIL))
+    outcomes = {}
+    with caplog.at_level(logging.WARNING, logger="scp.server"):
+        for path in own_results:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            outcomes[str(ds.SOPClassUID)] = store_status(scp.port, path, ds)
+            if ds.SOPClassUID == uid.SegmentationStorage:
+                assert f"C-STORE of {ds.SOPInstanceUID} from {SCU_AET} not processed" in (
+                    caplog.text
+                )
+    seg_status = outcomes[uid.SegmentationStorage]
+    assert not isinstance(seg_status, str) and seg_status.Status == 0xC000
+    assert seg_status.ErrorComment.startswith("a result of this node")
+    assert outcomes[uid.Comprehensive3DSRStorage] == "no accepted presentation context"
+    assert outcomes[uid.SecondaryCaptureImageStorage] == "no accepted presentation context"
+    assert nothing_kept(scp, tmp_path / "spool")
+
+
+def _breast_outline_seg(study: dict, folder: Path) -> Path:
+    """The study's SEG with its segment recoded as the breast (an anatomical structure)."""
+    seg = pydicom.dcmread(study["seg"])
+    item = seg.SegmentSequence[0]
+    item.SegmentedPropertyCategoryCodeSequence[0].CodeValue = "91723000"
+    item.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning = "Anatomical structure"
+    item.SegmentedPropertyTypeCodeSequence[0].CodeValue = "76752008"
+    item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning = "Breast"
+    return write(seg, folder, "breast-seg.dcm")
+
+
+@pytest.mark.parametrize("policy", ["fail", "ignore", "process"])
+def test_seg_that_is_not_a_lesion_follows_its_policy(
+    start_scp: StartFn,
+    study: dict,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+) -> None:
+    path = _breast_outline_seg(study, tmp_path)
+    enqueue = Recorder()
+    scp = start_scp(enqueue, inputs=InputSettings(non_lesion_seg=InputPolicy(policy)))
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    reason = "segment 1 is not a lesion (SCT 91723000 / SCT 76752008)"
+    with caplog.at_level(logging.INFO, logger="scp.server"):
+        status = store_status(scp.port, path, ds)
+    assert not isinstance(status, str), status
+    said = f"C-STORE of {study['seg_uid']} from {SCU_AET}"
+    if policy == "fail":
+        assert (status.Status, status.ErrorComment) == (0xC000, reason)
+        assert f"{said} not processed ([inputs] non_lesion_seg): {reason}" in caplog.text
+        assert nothing_kept(scp, tmp_path / "spool")
+    elif policy == "ignore":
+        assert status.Status == 0x0000
+        assert f"{said} ignored ([inputs] non_lesion_seg): {reason}" in caplog.text
+        assert nothing_kept(scp, tmp_path / "spool")
+    else:
+        assert status.Status == 0x0000
+        assert unit_state(scp, study["seg_uid"]) == UnitState.WAITING
+    send_ok(scp.port, study["cc"], study["mlo"])
+    time.sleep(0.3)
+    assert enqueue.ids == ([study["seg_uid"]] if policy == "process" else [])
+
+
+@pytest.mark.parametrize(
+    ("key", "policy"),
+    [("own_results", "refuse"), ("own_results", "process"), ("non_lesion_seg", "refuse")],
+)
+def test_content_policy_that_cannot_apply_stops_the_scp_at_once(
+    tmp_path: Path, key: str, policy: str
+) -> None:
+    """Negotiation cannot refuse by content, and own results are never processed."""
+    inputs = InputSettings(**{key: InputPolicy(policy)})
+    settings = NodeSettings(port=free_port(), spool_dir=tmp_path / "spool")
+    with pytest.raises(ValueError, match=f"\\[inputs\\] {key} must be one of"):
+        NodeSCP(settings, Recorder(), inputs=inputs)
+    assert not (tmp_path / "spool").exists()

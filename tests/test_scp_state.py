@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pydicom
@@ -14,7 +15,14 @@ from common.seg_refs import referenced_image_uids
 from common.units import Unit, UnitState
 from scp import spool as spool_module
 from scp.dispatcher import Dispatcher
-from scp.spool import SEGMENTATION, ObjectInfo, Spool, read_object_info
+from scp.spool import (
+    SEGMENTATION,
+    NotMatchingSopClass,
+    ObjectInfo,
+    Spool,
+    own_result_of,
+    read_object_info,
+)
 from scp.state import StateDB, format_units, unit_status
 from tests.factories import MG_FOR_PRESENTATION, disk_mask, make_mg, make_seg, roundtrip
 
@@ -59,6 +67,33 @@ def test_read_object_info_names_the_object_and_reason(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         read_object_info(tmp_path / "junk.dcm", fallback_uid="9.8.7")
     assert err.value.uid == "9.8.7"
+
+
+def test_image_checks_read_the_header_only(tmp_path: Path) -> None:
+    """Rows/Columns and whether Pixel Data is there; a SEG's lesion verdict travels along."""
+    mg = make_mg()
+    path = tmp_path / "mg.dcm"
+    mg.save_as(path, enforce_file_format=True)
+    assert read_object_info(path, min_image_side=200).sop_instance_uid == mg.SOPInstanceUID
+    with pytest.raises(
+        InputError, match=re.escape("image 256x200 px (rows x columns) under min_image_side 201")
+    ):
+        read_object_info(path, min_image_side=201)
+    mg.PixelData = b""
+    mg.save_as(path, enforce_file_format=True)
+    with pytest.raises(NotMatchingSopClass, match="no Pixel Data"):
+        read_object_info(path)
+    seg = make_seg([mg], [disk_mask((256, 200), (100, 100), 20)])
+    seg.SegmentationType = "FRACTIONAL"
+    seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    assert read_object_info(tmp_path / "seg.dcm").not_lesion.startswith("FRACTIONAL")
+
+
+def test_own_result_of_an_unreadable_file_is_no_verdict(tmp_path: Path) -> None:
+    """What cannot be read is not called an own result: the spool refuses it afterwards."""
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
+    assert own_result_of(tmp_path / "junk.dcm") == ""
+    assert own_result_of(tmp_path / "missing.dcm") == ""
 
 
 def test_spool_syncs_file_before_rename_and_folder_after(

@@ -41,9 +41,14 @@ def deliver_recorded(
         try:
             send_to_destination(destination, paths, calling_ae=calling_ae, unit_id=unit_id)
         except (DeliveryError, OSError, RuntimeError, ValueError) as exc:
-            log.warning("unit %s: delivery to %s failed: %s", unit_id, destination.name, exc)
+            # The same words in the log, in status.json and (after the retries) in the unit's
+            # failure reason and the deliver task's result.
+            reason = (
+                exc.reason if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            )
+            log.warning("unit %s: delivery to %s failed: %s", unit_id, destination.name, reason)
             store.update_destination(
-                unit_id, destination.name, DestinationState.PENDING, error=str(exc)
+                unit_id, destination.name, DestinationState.PENDING, error=reason
             )
             outcome[destination.name] = DestinationState.PENDING
             continue

@@ -28,6 +28,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from common.progress import FailureKind
 from common.settings import NodeConfig
 from common.spool_layout import SpoolLayout
+from common.units import UnitState
 from worker.delivery.store import DestinationState
 from worker.pipeline import Pipeline, failure_kind
 from worker.queue import embedded_broker
@@ -190,7 +191,9 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         max_retries=q.delivery_max_retries,
         **retrying,
     )
-    def deliver(self: Task, message: dict[str, Any]) -> dict[str, str]:
+    def deliver(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+        """The result is status.json's word for every destination (sent or failed, with the
+        error) and the unit's end with the reason progress.json has: never a stale pending."""
         unit_id = str(message.get("unit_id"))
         done = self.request.retries
         outcome = guarded(
@@ -203,17 +206,16 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         unsent = [name for name, state in outcome.items() if state != DestinationState.SENT]
         if not unsent:
             handlers.done(unit_id)
-            return outcome
+            return handlers.delivery_result(unit_id, UnitState.DONE)
         if done >= q.delivery_max_retries:
             handlers.store.mark_failed(unit_id, unsent)
             reason = handlers.delivery_failure(unit_id, unsent, done)
-            handlers.fail(
-                unit_id, f"{reason}; results recorded for `molsub resend`", FailureKind.TRANSIENT
-            )
-            return outcome
+            reason = f"{reason}; results recorded for `molsub resend`"
+            handlers.fail(unit_id, reason, FailureKind.TRANSIENT)
+            return handlers.delivery_result(unit_id, UnitState.FAILED, reason)
         delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
         log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
-        raise DestinationsPending(", ".join(unsent))
+        raise DestinationsPending(handlers.unsent_errors(unit_id, unsent))
 
     @app.task(name=REPORT_TASK, shared=False)
     def report(unit_id: str, reason: str, kind: str) -> None:

@@ -66,11 +66,30 @@ class StageHandlers:
         self.progress.advance(unit_id, UnitState.DONE)
         log.info("unit %s done", unit_id)
 
+    def unsent_errors(self, unit_id: str, unsent: Sequence[str]) -> str:
+        """Each destination not reached and its last error, as status.json records it."""
+        destinations = self.store.status(unit_id).get("destinations", {})
+        return "; ".join(f"{name}: {destinations.get(name, {}).get('error')}" for name in unsent)
+
     def delivery_failure(self, unit_id: str, unsent: Sequence[str], retries: int) -> str:
         """Why delivery failed, in words: each destination not reached and its last error."""
+        return f"delivery failed after {retries} retries ({self.unsent_errors(unit_id, unsent)})"
+
+    def delivery_result(
+        self, unit_id: str, state: UnitState, reason: str | None = None
+    ) -> dict[str, Any]:
+        """The deliver task's result: how the unit ended and every destination's entry read
+        back from status.json, so that the task's result and the spool cannot disagree."""
         destinations = self.store.status(unit_id).get("destinations", {})
-        errors = "; ".join(f"{name}: {destinations.get(name, {}).get('error')}" for name in unsent)
-        return f"delivery failed after {retries} retries ({errors})"
+        return {
+            "unit_id": unit_id,
+            "state": str(state),
+            "reason": reason,
+            "destinations": {
+                name: {key: entry.get(key) for key in ("state", "error", "attempts")}
+                for name, entry in destinations.items()
+            },
+        }
 
     def prepare(
         self, unit_id: str, seg_path: str | Path, image_paths: Sequence[str | Path]

@@ -8,10 +8,10 @@ from importlib.metadata import PackageNotFoundError, version
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from common.inputs import NODE_MANUFACTURER as MANUFACTURER
 from model.bundle_info import BundleInfo
 from worker.results.codes import AI_FAMILY, PROCESSING_EQUIPMENT
 
-MANUFACTURER = "molsub-node open-source project"
 RESEARCH_USE = "RESEARCH USE ONLY - not a medical device, not for diagnosis"
 
 
