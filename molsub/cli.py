@@ -18,6 +18,7 @@ from common.units import Unit, UnitState
 from model.profiles import Profile
 from molsub.cli_dataset import add_dataset_commands
 from molsub.cli_evaluate import add_evaluate_commands
+from molsub.cli_show import add_show_command
 from molsub.cli_train import add_train_command
 
 if TYPE_CHECKING:
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
     add_train_command(sub)
     add_evaluate_commands(sub)
+    add_show_command(sub)
     return parser
 
 
