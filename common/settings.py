@@ -78,6 +78,22 @@ class ModelSettings:
     device: str | None = None  # None: cuda if available, else cpu
 
 
+class HeatmapSegType(StrEnum):
+    """The Segmentation Type of the heatmap SEG ([results] heatmap_seg)."""
+
+    FRACTIONAL = "fractional"  # the Grad-CAM values (0..1 in 255 steps): the default
+    BINARY = "binary"  # CAM >= heatmap_threshold, for viewers without FRACTIONAL (OHIF 3.x)
+
+
+@dataclass(frozen=True)
+class ResultsSettings:
+    """[results]: the objects the results stage builds."""
+
+    heatmap_seg: HeatmapSegType = HeatmapSegType.FRACTIONAL
+    # BINARY only: a pixel is in the segment where its CAM (0..1) is at least this; 0 < t <= 1.
+    heatmap_threshold: float = 0.5
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     broker_url: str = ""  # empty: the embedded broker, no server needed
@@ -121,6 +137,7 @@ class NodeConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None  # the node.toml read, None for built-in defaults
 
@@ -152,6 +169,15 @@ class NodeConfig:
             f"{i.seg_images_missing}; the node's own results: {i.own_results}; a SEG that is "
             f"not a lesion outline: {i.non_lesion_seg}; images under {i.min_image_side} px a "
             "side: refused"
+        )
+        r = self.results
+        lines.append(
+            f"results: heatmap SEG {r.heatmap_seg.upper()}"
+            + (
+                f" (CAM >= {r.heatmap_threshold:g})"
+                if r.heatmap_seg is HeatmapSegType.BINARY
+                else ""
+            )
         )
         if not self.destinations:
             lines.append("destinations: none (results are recorded in the spool only)")

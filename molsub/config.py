@@ -32,6 +32,7 @@ from common.settings import (
     NodeConfig,
     NodeSettings,
     QueueSettings,
+    ResultsSettings,
 )
 
 ENV_PREFIX = "MOLSUB_"
@@ -51,6 +52,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "queue": QueueSettings,
     "inputs": InputSettings,
+    "results": ResultsSettings,
 }
 # [inputs] policies that make no sense for a kind (the node has no model for tomosynthesis).
 _NOT_PROCESSED = ("breast_tomosynthesis", "breast_projection", "secondary_capture")
@@ -96,6 +98,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         model=sections["model"],
         queue=sections["queue"],
         inputs=sections["inputs"],
+        results=sections["results"],
         destinations=destinations,
         source=source,
     )
@@ -261,6 +264,12 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
             )
     if config.inputs.min_image_side < 1:
         raise ConfigError(f"{_label('inputs', 'min_image_side', env)}: must be >= 1 pixel")
+    threshold = config.results.heatmap_threshold
+    if not 0 < threshold <= 1:
+        raise ConfigError(
+            f"{_label('results', 'heatmap_threshold', env)}: must be > 0 and at most 1 (the "
+            f"CAM's range), got {threshold}"
+        )
     names: set[str] = set()
     for dest in config.destinations:
         label = f"[[destinations]] {dest.name!r}"
@@ -310,6 +319,7 @@ def to_toml(config: NodeConfig) -> str:
         ("model", config.model),
         ("queue", config.queue),
         ("inputs", config.inputs),
+        ("results", config.results),
     )
     for name, section in sections:
         lines.append(f"[{name}]")

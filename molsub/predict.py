@@ -84,6 +84,7 @@ def predict_files(
     """Run every SEG among ``paths`` through the node's pipeline; write the objects."""
     from worker.pipeline import BundleModel, Pipeline, failure_kind
     from worker.results.overlay import render_overlay
+    from worker.results.secondary_capture import image_label
     from worker.results.summary import summarize_sr
 
     report = PredictReport()
@@ -107,9 +108,11 @@ def predict_files(
         if write_png:
             from PIL import Image
 
+            by_uid = {str(s.SOPInstanceUID): s for s in output.unit.sources}
             for i, (roi, pred) in enumerate(zip(rois, output.predictions, strict=True), start=1):
                 png = target / f"heatmap-{i:02d}.png"
-                Image.fromarray(render_overlay(roi, pred, output.info)).save(png)
+                label = image_label(by_uid[roi.source_sop_instance_uid])
+                Image.fromarray(render_overlay(roi, pred, output.info, label=label)).save(png)
                 written.append(png)
         report.units.append(UnitResult(seg_uid, summarize_sr(output.results.sr), written))
         log.info("SEG %s: %d ROI(s), %d objects written", seg_uid, len(rois), len(written))

@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from common.errors import BundleError, InputError
 from common.progress import FailureKind
 from common.seg_refs import referenced_image_uids
+from common.settings import ResultsSettings
 from model.bundle_info import BundleInfo, read_bundle_info
 from model.roi import RoiCrop, RoiPrediction
 from worker.results.result_set import ResultSet
@@ -126,12 +127,20 @@ def prepare(seg: Dataset, images: Mapping[str, Dataset], info: BundleInfo) -> Pr
 
 
 def results(
-    unit: PreparedUnit, predictions: Sequence[RoiPrediction], info: BundleInfo
+    unit: PreparedUnit,
+    predictions: Sequence[RoiPrediction],
+    info: BundleInfo,
+    settings: ResultsSettings | None = None,
 ) -> ResultSet:
-    """SR, Secondary Captures and heatmap SEGs for one unit."""
+    """SR, Secondary Captures and heatmap SEGs for one unit ([results] ``settings``)."""
     from worker.results.build import build_results
 
-    return build_results(unit.seg, unit.sources, unit.rois, list(predictions), info)
+    return build_results(unit.seg, unit.sources, unit.rois, list(predictions), info, settings)
+
+
+def results_stage(settings: ResultsSettings) -> ResultsStage:
+    """The results stage handed the node's [results] settings."""
+    return functools.partial(results, settings=settings)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from common.settings import Destination, NodeConfig
 from common.units import UnitState
 from worker.delivery.send import deliver_recorded, result_store
 from worker.delivery.store import DestinationState, ResultStore
-from worker.pipeline import BundleModel, Pipeline, read_unit_files
+from worker.pipeline import BundleModel, Pipeline, read_unit_files, results_stage
 from worker.queue import messages
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,10 @@ class StageHandlers:
         """The node's handlers: its bundle (unless ``pipeline`` is given), spool and
         destinations."""
         if pipeline is None:
-            pipeline = Pipeline(BundleModel(config.model.bundle, config.model.device))
+            pipeline = Pipeline(
+                BundleModel(config.model.bundle, config.model.device),
+                results_stage=results_stage(config.results),
+            )
         return cls(
             pipeline,
             result_store(config),

@@ -1,17 +1,25 @@
-"""FRACTIONAL SEG per source image: the Grad-CAM maps as data, in the mammogram's pixel grid.
+"""A SEG per source image: the Grad-CAM maps as data, in the mammogram's pixel grid.
 
 IHE AI Results treats Secondary Captures as a non-semantic fallback; this object lets viewers
 show the heatmap as an adjustable overlay and lets programs read its values.
+
+FRACTIONAL by default (the map's values). ``[results] heatmap_seg = "binary"`` gives a BINARY
+SEG instead, CAM >= ``heatmap_threshold``, for viewers that cannot show FRACTIONAL ones (OHIF
+3.x); each segment's description states the threshold. It has its own UIDs (the threshold is
+part of them), so switching variants never gives two different objects one UID. LABELMAP is
+left out: a label map holds one segment per pixel, and two lesions' crops may overlap.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from common.settings import HeatmapSegType, ResultsSettings
 from model.bundle_info import BundleInfo
 from model.preprocess.resize import resize_square
 from model.roi import RoiCrop, RoiPrediction
@@ -47,8 +55,17 @@ def build_heatmap_seg(
     bundle: BundleInfo,
     uids: ResultUids,
     instance_number: int,
+    built_at: datetime,
+    settings: ResultsSettings | None = None,
 ) -> hd.seg.Segmentation:
-    """One segment per ROI on ``source``; ``entries`` are (ROI index, crop, prediction)."""
+    """One segment per ROI on ``source``; ``entries`` are (ROI index, crop, prediction).
+
+    ``built_at`` dates the series and its content; ``settings`` chooses FRACTIONAL (default)
+    or BINARY."""
+    settings = settings or ResultsSettings()
+    binary = settings.heatmap_seg is HeatmapSegType.BINARY
+    threshold = settings.heatmap_threshold
+    cut = f"CAM >= {threshold:g}"
     algorithm = hd.AlgorithmIdentificationSequence(
         name=bundle.display_name[:64],
         family=AI_FAMILY,
@@ -60,44 +77,69 @@ def build_heatmap_seg(
     descriptions = []
     planes = []
     for number, (index, roi, prediction) in enumerate(entries, start=1):
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=f"Grad-CAM ROI {index + 1}"[:64],
-                segmented_property_category=CLASS_ACTIVATION,
-                segmented_property_type=GRADCAM,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_uid=uids.tracking(index),
-                tracking_id=f"ROI {index + 1}",
-            )
+        label = f"Grad-CAM ROI {index + 1}" + (f" {cut}" if binary else "")
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label[:64],
+            segmented_property_category=CLASS_ACTIVATION,
+            segmented_property_type=GRADCAM,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=uids.tracking(index),
+            tracking_id=f"ROI {index + 1}",
         )
+        if binary:
+            description.SegmentDescription = (
+                f"Grad-CAM of ROI {index + 1}: the pixels where the map (0..1) is {cut}"
+            )
+        descriptions.append(description)
         planes.append(cam_in_image_grid(roi, prediction.cam))
     pixel_array = np.stack(planes, axis=-1)[None]
+    source_uid = str(source.SOPInstanceUID)
+    if binary:
+        pixel_array = pixel_array.astype(np.float64) >= threshold
+        variant = f"binary-{threshold!r}"
+        series_uid = uids(f"heatmap-seg-series/{variant}")
+        instance_uid = uids(f"heatmap-seg/{variant}/{source_uid}")
+        kind = {
+            "segmentation_type": hd.seg.SegmentationTypeValues.BINARY,
+            "content_description": f"Grad-CAM {cut}, five-class subtype prediction"[:64],
+        }
+    else:
+        series_uid, instance_uid = uids.heatmap_series, uids.heatmap_instance(source_uid)
+        kind = {
+            "segmentation_type": hd.seg.SegmentationTypeValues.FRACTIONAL,
+            "fractional_type": hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            "max_fractional_value": 255,
+            "content_description": "Grad-CAM of the five-class molecular subtype prediction",
+        }
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=descriptions,
-        series_instance_uid=uids.heatmap_series,
+        series_instance_uid=series_uid,
         series_number=HEATMAP_SERIES_NUMBER,
-        sop_instance_uid=uids.heatmap_instance(str(source.SOPInstanceUID)),
+        sop_instance_uid=instance_uid,
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=bundle.display_name[:64],
         software_versions=software_version(),
         device_serial_number=bundle.digest[:16],
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
         content_label="GRADCAM",
-        content_description="Grad-CAM of the five-class molecular subtype prediction"[:64],
         contributing_equipment=[contributing_equipment(bundle)],
         omit_empty_frames=False,
+        series_date=built_at.date(),
+        series_time=built_at.time(),
+        content_date=built_at.date(),
+        content_time=built_at.time(),
+        **kind,
     )
     if "PatientOrientation" in source:
         seg.PatientOrientation = source.PatientOrientation
     _drop_incomplete_pixel_measures(seg)
-    seg.SeriesDescription = series_description("Grad-CAM map", bundle)
+    seg.SeriesDescription = series_description(
+        f"Grad-CAM {cut}" if binary else "Grad-CAM map", bundle
+    )
     add_research_use(seg, bundle)
     return seg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
@@ -329,9 +330,10 @@ def build_sr(
     predictions: Sequence[RoiPrediction],
     bundle: BundleInfo,
     uids: ResultUids,
+    built_at: datetime,
 ) -> hd.sr.Comprehensive3DSR:
     """One SR for one SEG: image library, one measurement group per ROI, one fused group per
-    lesion seen on two or more views, who made it."""
+    lesion seen on two or more views, who made it; its series and content dated ``built_at``."""
     images = {str(s.SOPInstanceUID): s for s in sources}
     algorithm = algorithm_identification(bundle)
     groups = [
@@ -376,6 +378,10 @@ def build_sr(
         is_complete=True,
         contributing_equipment=[contributing_equipment(bundle)],
         performed_procedure_codes=[MAMMOGRAPHY],
+        series_date=built_at.date(),
+        series_time=built_at.time(),
+        content_date=built_at.date(),
+        content_time=built_at.time(),
     )
     sr.SeriesDescription = series_description("AI results", bundle)
     sr.CodingSchemeIdentificationSequence = [coding_scheme_identification()]
