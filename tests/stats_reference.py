@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from model.tasks import TASKS
+from train.predictions import Predictions
 
 
 def _psi(x: float, y: float) -> float:
@@ -66,3 +67,15 @@ def random_rows(task: str, patients: int, seed: int, prefix: str) -> list[Row]:
                 (f"{prefix}{i}-{view}", f"{prefix}{i}", f"{prefix}{i}-L", label, list(probs))
             )
     return rows
+
+
+def rows_to_predictions(rows: list[Row], task: str) -> Predictions:
+    """The rows as train.predictions would hold them, without going through a CSV."""
+    return Predictions(
+        task=task,
+        case_ids=tuple(r[0] for r in rows),
+        patient_ids=tuple(r[1] for r in rows),
+        labels=np.array([r[3] for r in rows]),
+        probs=np.array([r[4] for r in rows]),
+        lesion_ids=tuple(r[2] for r in rows),
+    )

@@ -11,7 +11,13 @@ import pytest
 from scipy.stats import binomtest, chi2, norm
 
 from molsub.cli import main
-from tests.stats_reference import Row, delong_reference, random_rows, write_csv
+from tests.stats_reference import (
+    Row,
+    delong_reference,
+    random_rows,
+    rows_to_predictions,
+    write_csv,
+)
 from train.compare import (
     McNemarMethod,
     align_predictions,
@@ -22,7 +28,6 @@ from train.compare import (
     mcnemar_from_counts,
     mcnemar_test,
 )
-from train.predictions import Predictions
 
 # ---------------------------------------------------------------------------------- DeLong
 
@@ -119,21 +124,10 @@ def test_mcnemar_from_correctness_vectors() -> None:
 # ------------------------------------------------------------------------------- alignment
 
 
-def _preds(rows: list[Row], task: str) -> Predictions:
-    return Predictions(
-        task=task,
-        case_ids=tuple(r[0] for r in rows),
-        patient_ids=tuple(r[1] for r in rows),
-        labels=np.array([r[3] for r in rows]),
-        probs=np.array([r[4] for r in rows]),
-        lesion_ids=tuple(r[2] for r in rows),
-    )
-
-
 def test_align_uses_common_patients_and_says_so() -> None:
     rows = random_rows("tn", 10, 1, "P")
-    a = _preds(rows[:16], "tn")  # patients P0..P7
-    b = _preds(list(reversed(rows[4:])), "tn")  # patients P2..P9, other order
+    a = rows_to_predictions(rows[:16], "tn")  # patients P0..P7
+    b = rows_to_predictions(list(reversed(rows[4:])), "tn")  # patients P2..P9, other order
     a2, b2, notes = align_predictions(a, b)
     assert notes["patients_used"] == 6 and not notes["same_patients"]
     assert a2.case_ids == b2.case_ids == tuple(r[0] for r in rows[4:16])
@@ -145,7 +139,7 @@ def test_align_refuses_disagreeing_labels() -> None:
     rows = random_rows("tn", 4, 1, "P")
     flipped = [(c, p, les, 1 - y, pr) for c, p, les, y, pr in rows]
     with pytest.raises(ValueError, match="label differs"):
-        align_predictions(_preds(rows, "tn"), _preds(flipped, "tn"))
+        align_predictions(rows_to_predictions(rows, "tn"), rows_to_predictions(flipped, "tn"))
 
 
 def test_compare_predictions_binary_both_levels() -> None:
@@ -156,7 +150,7 @@ def test_compare_predictions_binary_both_levels() -> None:
         (c, p, les, y, [1 - q, q])
         for (c, p, les, y, _), q in zip(other, rng.random(60), strict=True)
     ]
-    res = compare_predictions(_preds(rows, "her2"), _preds(other, "her2"))
+    res = compare_predictions(rows_to_predictions(rows, "her2"), rows_to_predictions(other, "her2"))
     y = np.array([r[3] == 1 for r in rows])
     aucs, cov = delong_reference(np.vstack([[r[4][1] for r in rows], [r[4][1] for r in other]]), y)
     z = (aucs[0] - aucs[1]) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
@@ -171,7 +165,7 @@ def test_compare_predictions_binary_both_levels() -> None:
 
 
 def test_compare_predictions_multiclass_identical_models() -> None:
-    p = _preds(random_rows("subtype5", 40, 5, "P"), "subtype5")
+    p = rows_to_predictions(random_rows("subtype5", 40, 5, "P"), "subtype5")
     res = compare_predictions(p, p, bootstrap_reps=200)
     macro = res["macro_auc"]
     assert macro["difference"] == 0.0 and macro["p"] == 1.0

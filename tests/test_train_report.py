@@ -17,9 +17,15 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from model.tasks import TASKS
 from molsub.cli import main
-from tests.stats_reference import Row, delong_reference, random_rows, write_csv
+from tests.stats_reference import (
+    Row,
+    delong_reference,
+    random_rows,
+    rows_to_predictions,
+    write_csv,
+)
 from train.metrics import Z95
-from train.predictions import Predictions, read_predictions
+from train.predictions import read_predictions
 from train.report import evaluate_named_sets, evaluate_predictions, evaluate_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -288,23 +294,12 @@ def test_evaluate_predictions_writes_both_levels(tmp_path: Path) -> None:
 
 def test_single_class_set_reports_nulls_and_still_plots(tmp_path: Path) -> None:
     rows = [r for r in _luminal_rows() if r[3] == 1]
-    r = evaluate_predictions(_preds(rows, "luminal"), tmp_path, title="one class")
+    r = evaluate_predictions(rows_to_predictions(rows, "luminal"), tmp_path, title="one class")
     assert r["auc"] is None and r["auc_ci95"] is None
     assert r["specificity"] == {"value": None, "ci95": None, "k": 0, "n": 0}
     assert r["sensitivity"]["value"] == pytest.approx(4 / 6)
     assert_png(tmp_path / "roc.png")
     assert "| Image level | 6 | n/a |" in (tmp_path / "report.md").read_text()
-
-
-def _preds(rows: list[Row], task: str) -> Predictions:
-    return Predictions(
-        task=task,
-        case_ids=tuple(r[0] for r in rows),
-        patient_ids=tuple(r[1] for r in rows),
-        labels=np.array([r[3] for r in rows]),
-        probs=np.array([r[4] for r in rows]),
-        lesion_ids=tuple(r[2] for r in rows),
-    )
 
 
 def test_evaluate_named_sets_side_by_side(tmp_path: Path) -> None:
@@ -316,7 +311,10 @@ def test_evaluate_named_sets_side_by_side(tmp_path: Path) -> None:
             rows, 0.5 * np.array([r[4][1] for r in rows]) + 0.5 * noise, strict=True
         )
     ]
-    sets = {"profile-a": _preds(rows, "her2"), "profile-b": _preds(worse, "her2")}
+    sets = {
+        "profile-a": rows_to_predictions(rows, "her2"),
+        "profile-b": rows_to_predictions(worse, "her2"),
+    }
     r = evaluate_named_sets(sets, tmp_path / "cmp", "profiles", synthetic=True)
     assert set(r["sets"]) == {"profile-a", "profile-b"}
     assert r["sets"]["profile-a"]["auc"] == pytest.approx(_sk_auc(rows))
@@ -331,7 +329,9 @@ def test_evaluate_named_sets_side_by_side(tmp_path: Path) -> None:
     assert_png(tmp_path / "cmp" / "roc.png")
     with pytest.raises(ValueError, match="one task"):
         evaluate_named_sets(
-            {"a": sets["profile-a"], "b": _preds(_luminal_rows(), "luminal")}, tmp_path, "x"
+            {"a": sets["profile-a"], "b": rows_to_predictions(_luminal_rows(), "luminal")},
+            tmp_path,
+            "x",
         )
 
 
