@@ -39,11 +39,16 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
-import common.settings as settings_module
 import common.sop_classes as sop_classes
 import worker.results.codes as codes_module
 import worker.results.sr as sr_module
-from common.settings import Destination, InputPolicy, InputSettings, NodeSettings
+from common.settings import (
+    CONTENT_POLICIES,
+    Destination,
+    InputPolicy,
+    InputSettings,
+    NodeSettings,
+)
 from common.units import Unit
 from scp import server
 from scp.server import NodeSCP
@@ -207,7 +212,7 @@ def _negotiated(scp: NodeSCP) -> dict[str, list[str]]:
 def probe_scp() -> ScpFacts:
     with _running_scp(InputSettings()) as scp:
         by_default, policies, ae = _negotiated(scp), dict(scp.policies), scp.ae
-        own_only = frozenset(getattr(scp, "own_results_only", frozenset()))
+        own_only = scp.own_results_only
     with _running_scp(_all_inputs_accepted()) as scp:
         when_enabled = _negotiated(scp)
     defaults = NodeSettings()
@@ -501,7 +506,7 @@ def _allowed_values(key: str, value: object) -> str:
     if not isinstance(value, StrEnum):
         return f"a number (default {value})" if isinstance(value, int | float) else "-"
     # Kinds told apart by content cannot be refused at negotiation (common/settings.py).
-    restricted = getattr(settings_module, "CONTENT_POLICIES", {}).get(key)
+    restricted = CONTENT_POLICIES.get(key)
     return ", ".join(f"`{v}`" for v in (restricted or type(value)))
 
 

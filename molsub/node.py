@@ -150,12 +150,14 @@ def _own_device_uids(config: NodeConfig) -> tuple[str, ...]:
     """The configured bundle's device UID, so the SCP knows the node's own results by it (it
     also knows them by manufacturer, whatever bundle made them)."""
     from common.errors import BundleError
-    from model.bundle_info import read_bundle_info
+    from model.bundle_info import parse_bundle_json
 
     if config.model.bundle is None:
         return ()
     try:
-        return (read_bundle_info(config.model.bundle).device_uid,)
+        # bundle.json alone names the weights (their recorded sha256s): no need to hash the
+        # weights at start-up; the workers verify them when they load them.
+        return (parse_bundle_json(Path(config.model.bundle)).device_uid,)
     except BundleError as exc:
         log.warning("model bundle not readable (%s); own results known by manufacturer", exc)
         return ()
