@@ -85,6 +85,14 @@ class HeatmapSegType(StrEnum):
     BINARY = "binary"  # CAM >= heatmap_threshold, for viewers without FRACTIONAL (OHIF 3.x)
 
 
+class SrRegion(StrEnum):
+    """How the SR draws each lesion on its mammogram ([results] sr_region): the TID 1410 Image
+    Region (SCOORD POLYLINE) of its measurement group."""
+
+    BOX = "box"  # the segment's bounding box: OHIF 3.x lists it (as a rectangle) and draws it
+    OUTLINE = "outline"  # the segment's boundary: drawn, but OHIF 3.x does not list it
+
+
 @dataclass(frozen=True)
 class ResultsSettings:
     """[results]: the objects the results stage builds."""
@@ -92,6 +100,7 @@ class ResultsSettings:
     heatmap_seg: HeatmapSegType = HeatmapSegType.FRACTIONAL
     # BINARY only: a pixel is in the segment where its CAM (0..1) is at least this; 0 < t <= 1.
     heatmap_threshold: float = 0.5
+    sr_region: SrRegion = SrRegion.BOX
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,7 @@ class NodeConfig:
                 if r.heatmap_seg is HeatmapSegType.BINARY
                 else ""
             )
+            + f"; SR lesion region: {r.sr_region}"
         )
         if not self.destinations:
             lines.append("destinations: none (results are recorded in the spool only)")

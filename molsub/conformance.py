@@ -42,6 +42,7 @@ from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 import common.sop_classes as sop_classes
 import worker.results.codes as codes_module
 import worker.results.sr as sr_module
+import worker.results.sr_groups as sr_groups_module
 from common.settings import (
     CONTENT_POLICIES,
     Destination,
@@ -99,7 +100,13 @@ INPUT_KEYS = {
 
 # What each attribute of codes.py is used for in the SR (unknown names get their own name).
 CODE_ROLES = {
-    "BREAST_BY_LATERALITY": "value of Finding Site",
+    "BREAST": "value of Finding Site (with a Laterality modifier)",
+    "TRIPLE_NEGATIVE_BREAST_CANCER": "value of a call: Triple-negative (five-class and TN tasks)",
+    "HER2_POSITIVE_BREAST_CANCER": "value of a call: HER2-positive (HER2 task)",
+    "HER2_NEGATIVE_BREAST_CANCER": "value of a call: HER2-negative (HER2 task)",
+    "ILLUSTRATION_OF_ROI": "concept name (IMAGE) of a ROI's Secondary Capture",
+    "GRADCAM": "concept name (IMAGE) of a ROI's heatmap segment; the heatmap SEG's segmented "
+    "property type",
     "LATERALITY": "value of Image Laterality and of the Finding Site's Laterality",
     "TASK_CONCEPTS": "concept name of a task's call (CODE)",
     "CLASS_CODES": "value of a task's call (CODE)",
@@ -462,7 +469,7 @@ def _module_codes(module: object) -> Iterator[tuple[str, Code]]:
 def used_codes() -> dict[tuple[str, str], tuple[Code, str]]:
     """(scheme, value) -> (code, role) for the codes the result builders name themselves."""
     found: dict[tuple[str, str], tuple[Code, str]] = {}
-    for module in (codes_module, sr_module):
+    for module in (codes_module, sr_module, sr_groups_module):
         for name, code in _module_codes(module):
             key = (code.scheme_designator, code.value)
             found.setdefault(key, (code, CODE_ROLES.get(name, f"`{name}`")))

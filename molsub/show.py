@@ -37,6 +37,7 @@ from worker.results.equipment import RESEARCH_USE
 from worker.results.source_header import VIEW_POSITION_BY_CODE
 from worker.results.summary import (
     MeasurementGroup,
+    document_statements,
     fused_groups,
     group_values,
     measurement_groups,
@@ -228,14 +229,14 @@ def algorithms(sr: Dataset) -> list[dict[str, str]]:
 
 
 def _statements(sr: Dataset) -> list[str]:
-    """Intended use and model status (coded) and the comments, each once."""
+    """Intended use and model status (coded) and the comments of the document, each once."""
     wanted = {
         (INTENDED_USE.scheme_designator, INTENDED_USE.value),
         (MODEL_STATUS.scheme_designator, MODEL_STATUS.value),
     }
     comment = (COMMENT.scheme_designator, COMMENT.value)
     found: list[str] = []
-    for item in _walk(sr):
+    for item in document_statements(sr):
         name = _code(item, "ConceptNameCodeSequence")
         if name in wanted and item.get("ConceptCodeSequence"):
             text = (
@@ -280,6 +281,17 @@ def _finding_lines(group: MeasurementGroup, images: dict[str, SourceImage]) -> l
         lines.append(f"    source image   {uid}" + (f" ({label})" if label else ""))
     frames = ", ".join(map(str, values.seg_frames))
     lines.append(f"    input SEG      {values.seg_uid}" + (f" frame {frames}" if frames else ""))
+    corners = len(values.region) - (values.region_type == "POLYLINE")
+    lines.append(
+        f"    region         {values.region_type}, {corners} points, on the first source image"
+    )
+    if values.label:
+        lines.append(f"    label          {values.label}")
+    if values.illustration_uid:
+        lines.append(f"    illustration   {values.illustration_uid} (Secondary Capture)")
+    if values.heatmap:
+        uid, segment = values.heatmap
+        lines.append(f"    Grad-CAM       {uid} segment {segment} (heatmap SEG)")
     for task, index in values.calls.items():
         lines.append(f"    {TASK_CONCEPTS[task].meaning}: {CLASS_CODES[task][index].meaning}")
     lines.append("    probabilities")
@@ -312,7 +324,7 @@ def format_sr(sr: Dataset, *, phi: bool = False) -> str:
     for image in images:
         name = UID(image.sop_class).name if image.sop_class else ""
         lines.append(f"  {image.uid}  {image.label or '(laterality/view not stated)'}  {name}")
-    segs = [uid for uid, sop_class in _evidence(sr) if sop_class == SEGMENTATION]
+    segs = list(dict.fromkeys(group_values(g).seg_uid for g in [*per_roi, *fused]))
     if segs:
         lines += ["", "Input SEG", *(f"  {uid}" for uid in segs)]
     by_uid = {image.uid: image for image in images}

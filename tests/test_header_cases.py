@@ -149,7 +149,10 @@ def test_laterality_and_view_found_wherever_the_header_keeps_them(predicted: dic
             for item in _content_items(sr)
             if item.get("ConceptNameCodeSequence", [Dataset()])[0].get("CodeValue") == "363698007"
         ]
-        assert sites and sites[0].ConceptCodeSequence[0].CodeValue == "80248007", name
+        # Breast (SCT 76752008) with the Laterality modifier Left (SCT 7771000).
+        assert sites and sites[0].ConceptCodeSequence[0].CodeValue == "76752008", name
+        modifier = sites[0].ContentSequence[0]
+        assert modifier.ConceptCodeSequence[0].CodeValue == "7771000", name
         assert predicted[name][SC_CLASS][0].Laterality == "L", name
     ge_sr = predicted["view-position-missing"][SR_CLASS][0]
     identifiers = [
@@ -157,7 +160,7 @@ def test_laterality_and_view_found_wherever_the_header_keeps_them(predicted: dic
         for item in _content_items(ge_sr)
         if item.get("ConceptNameCodeSequence", [Dataset()])[0].get("CodeValue") == "112039"
     ]
-    assert identifiers and identifiers[0].endswith("on L CC"), identifiers
+    assert identifiers and identifiers[0].startswith("ROI 1 L CC: "), identifiers
 
 
 def _content_items(ds: Dataset) -> list[Dataset]:

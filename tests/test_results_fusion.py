@@ -33,11 +33,10 @@ from worker.results.uids import ResultUids
 
 SHAPE = (256, 200)
 VIEW_FUSION, MEAN_OF_VIEWS = (SCHEME, "MS0904"), (SCHEME, "MS0905")
-SCT_MEAN = ("SCT", "373098007")
 DERIVATION = ("DCM", "121401")
 SOURCE_OF_MEASUREMENT = ("DCM", "121112")
-SEG_FRAME = ("DCM", "121214")
-SOURCE_FOR_SEG = ("DCM", "121233")
+IMAGE_REGION = ("DCM", "111030")
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 # Per view, per task: CC and MLO disagree, and the mean of the two calls differently from one
 # of them (subtype5 and luminal: not CC's call; her2: not MLO's call).
@@ -166,8 +165,13 @@ def calls(group: Dataset) -> dict[str, int]:
 
 
 def frame_reference(group: Dataset) -> tuple[str, list[int], Dataset]:
-    """(SEG UID, frame numbers, the referencing item) of the group's segmentation frames."""
-    ref = only_child(group, SEG_FRAME).ReferencedSOPSequence[0]
+    """(SEG UID, frame numbers, the referencing item) of the input SEG frames the group's
+    values were inferred from (the group's Source of Measurement that is the SEG)."""
+    [ref] = [
+        s.ReferencedSOPSequence[0]
+        for s in children(group, SOURCE_OF_MEASUREMENT)
+        if s.ReferencedSOPSequence[0].ReferencedSOPClassUID == SEG_CLASS
+    ]
     frames = ref.ReferencedFrameNumber
     numbers = [int(f) for f in frames] if isinstance(frames, MultiValue) else [int(frames)]
     return str(ref.ReferencedSOPInstanceUID), numbers, ref
@@ -212,11 +216,12 @@ def test_fused_probabilities_are_the_mean_of_the_views_read_back(sr: Dataset) ->
         mean = (views[0][task] + views[1][task]) / 2
         np.testing.assert_allclose(stated[task], mean, rtol=0, atol=1e-6, err_msg=task)
         np.testing.assert_allclose(read_back[task], stated[task], rtol=0, atol=0, err_msg=task)
-    # Each fused value says it is a mean (TID 300 Derivation), the per-view values do not.
+    # The group says its values are means once, by its "View fusion" evaluation, not by a
+    # Derivation under every number (OHIF skips a number with more than one child).
     nums = [i for i in fused.ContentSequence if str(i.ValueType) == "NUM"]
     assert len(nums) == sum(len(c) for c in PROBABILITY_CODES.values())
-    assert all(value_code(only_child(n, DERIVATION)) == SCT_MEAN for n in nums)
-    assert not any(children(n, DERIVATION) for g in per_view for n in g.ContentSequence)
+    assert value_code(only_child(fused, VIEW_FUSION)) == MEAN_OF_VIEWS
+    assert not any(children(n, DERIVATION) for g in [*per_view, fused] for n in g.ContentSequence)
 
 
 def test_fused_calls_are_the_argmax_of_the_fused_probabilities(
@@ -247,15 +252,19 @@ def test_fused_group_references_every_views_frame_and_image(sr: Dataset, two_vie
     assert {segment_of_frame(two_views.seg, f) for f in frames} == {(1, uid) for uid in images}
     # The same frames the per-view groups reference one each.
     assert sorted(frames) == sorted(frame_reference(g)[1][0] for g in per_view)
-    # Every fused value names every view's MG image as its source.
-    for num in (i for i in fused.ContentSequence if str(i.ValueType) == "NUM"):
-        sources = children(num, SOURCE_OF_MEASUREMENT)
-        assert all(str(s.RelationshipType) == "INFERRED FROM" for s in sources)
-        assert {str(s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for s in sources} == (
-            images
-        )
-    first = only_child(fused, SOURCE_FOR_SEG).ReferencedSOPSequence[0]
-    assert str(first.ReferencedSOPInstanceUID) in images
+    # The fused group names the SEG's frames and every view's MG image as its sources.
+    sources = children(fused, SOURCE_OF_MEASUREMENT)
+    assert {str(s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for s in sources} == (
+        images | {seg_uid}
+    )
+    # The fused group's region is a POINT: the lesion's centre on the first view, inside that
+    # view's box (not one more box or outline).
+    region = only_child(fused, IMAGE_REGION)
+    assert region.GraphicType == "POINT"
+    first = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert str(first.ReferencedSOPInstanceUID) == two_views.rois[0].source_sop_instance_uid
+    (column, row), box = region.GraphicData, only_child(per_view[0], IMAGE_REGION).GraphicData
+    assert min(box[0::2]) < column < max(box[0::2]) and min(box[1::2]) < row < max(box[1::2])
     values = fused_results(sr)[0]
     assert values.seg_uid == seg_uid and sorted(values.seg_frames) == sorted(frames)
     assert set(values.source_uids) == images
@@ -264,25 +273,27 @@ def test_fused_group_references_every_views_frame_and_image(sr: Dataset, two_vie
 def test_fused_group_says_what_it_is(sr: Dataset, two_views: Unit, bundle: BundleInfo) -> None:
     per_view, (fused,) = groups(sr)
     identifier = str(only_child(fused, ("DCM", "112039")).TextValue)
-    assert identifier == "Lesion 1 (segment 1) fused over L CC + L MLO"
+    fused_p = probabilities(fused)["subtype5"]
+    called = ("Luminal A", "Luminal B")[int(np.argmax(fused_p))]  # the case's winners
+    assert identifier == f"Fused L CC + L MLO: {called} - Lesion 1 (segment 1)"
     uid = str(only_child(fused, ("DCM", "112040")).UID)
     assert UID(uid).is_valid
     assert uid == ResultUids(str(two_views.seg.SOPInstanceUID), bundle.digest).fused_tracking(1)
     assert uid not in {str(only_child(g, ("DCM", "112040")).UID) for g in per_view}
     assert value_code(only_child(fused, VIEW_FUSION)) == MEAN_OF_VIEWS
-    assert value_code(only_child(fused, (SCHEME, "MS0900"))) == (SCHEME, "MS0901")
-    assert value_code(only_child(fused, (SCHEME, "MS0902"))) == (SCHEME, "MS0903")
+    # Intended use and model status are said once, for the document, not per group.
+    assert not children(fused, (SCHEME, "MS0900")) and not children(fused, (SCHEME, "MS0902"))
     assert value_code(only_child(fused, ("DCM", "121071"))) == ("SCT", "52988006")
     site = only_child(fused, ("SCT", "363698007"))
-    assert value_code(site) == ("SCT", "80248007")
+    assert value_code(site) == ("SCT", "76752008")  # Breast, with a Laterality modifier
+    assert value_code(only_child(site, ("SCT", "272741003"))) == ("SCT", "7771000")
     assert str(only_child(fused, ("DCM", "111001")).TextValue) == bundle.display_name
     comments = [str(i.TextValue) for i in walk(sr) if concept(i) == ("DCM", "121106")]
     assert any("View fusion" in c and "mean" in c for c in comments)
     text = summarize_sr(sr)
     assert f"{identifier}: mean of 2 views' probabilities" in text
-    fused_p = probabilities(fused)["subtype5"]
     winner = int(np.argmax(fused_p))
-    meaning = CLASS_CODES["subtype5"][winner].meaning
+    meaning = TASKS["subtype5"].class_names[winner]
     after = text.split(identifier, 1)[1]
     assert f"subtype: {meaning} (p={fused_p[winner]:.2f})" in after
 
@@ -330,9 +341,10 @@ def test_two_lesions_on_two_views_give_two_fused_groups(bundle: BundleInfo) -> N
     assert len(per_view) == 4 and len(fused) == 2
     assert [segment_of(unit.seg, g) for g in fused] == [1, 2]
     identifiers = [str(only_child(g, ("DCM", "112039")).TextValue) for g in fused]
-    assert identifiers == [
-        "Lesion 1 (segment 1) fused over L CC + L MLO",
-        "Lesion 2 (segment 2) fused over L CC + L MLO",
+    assert [i.split(":")[0] for i in identifiers] == ["Fused L CC + L MLO"] * 2
+    assert [i.split(" - ")[1] for i in identifiers] == [
+        "Lesion 1 (segment 1)",
+        "Lesion 2 (segment 2)",
     ]
     uids = {str(only_child(g, ("DCM", "112040")).UID) for g in per_view + fused}
     assert len(uids) == 6

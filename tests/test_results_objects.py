@@ -23,6 +23,7 @@ from PIL import ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
+from common.settings import ResultsSettings, SrRegion
 from model.bundle import init_untrained
 from model.bundle_info import BundleInfo
 from model.preprocess import extract_rois
@@ -43,7 +44,7 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 # Standard codes, written out here so the test does not trust the implementation's tables.
 SCT_LEFT, SCT_RIGHT = "7771000", "24028007"
-SCT_LEFT_BREAST, SCT_RIGHT_BREAST = "80248007", "73056007"
+SCT_BREAST = "76752008"
 SCT_VIEW = {"CC": "399162004", "MLO": "399368009"}
 SCT_MAMMOGRAPHY = "71651007"
 YELLOW, WARNING_RED = (255, 255, 0), (255, 64, 64)
@@ -226,7 +227,9 @@ def test_every_object_passes_dciodvfy(
 # --- SR content ----------------------------------------------------------------------------
 
 
-def test_sr_is_a_tid1500_report_for_the_studys_patient(sr: Dataset, study: Study) -> None:
+def test_sr_is_a_tid1500_report_for_the_studys_patient(
+    sr: Dataset, study: Study, received: list[Dataset]
+) -> None:
     mg = study.images[0]
     assert sr.SOPClassUID == SR_CLASS
     assert sr.StudyInstanceUID == mg.StudyInstanceUID
@@ -243,6 +246,14 @@ def test_sr_is_a_tid1500_report_for_the_studys_patient(sr: Dataset, study: Study
     assert evidence == {str(study.seg.SOPInstanceUID)} | {
         str(i.SOPInstanceUID) for i in study.images
     }
+    # The SCs and heatmap SEGs the groups reference are evidence too, but not acquired.
+    other = {
+        str(inst.ReferencedSOPInstanceUID)
+        for study_item in sr.PertinentOtherEvidenceSequence
+        for series in study_item.ReferencedSeriesSequence
+        for inst in series.ReferencedSOPSequence
+    }
+    assert other == {str(ds.SOPInstanceUID) for ds in received[1:]}
 
 
 def test_sr_has_one_measurement_group_per_roi_on_its_lesion(sr: Dataset, study: Study) -> None:
@@ -250,25 +261,155 @@ def test_sr_has_one_measurement_group_per_roi_on_its_lesion(sr: Dataset, study: 
     assert len(groups) == len(study.rois) == 4
     # highdicom reads the same groups back, and one fused group per lesion (both on CC + MLO).
     parsed = hd.sr.Comprehensive3DSR.from_dataset(sr)
-    assert len(parsed.content.get_planar_roi_measurement_groups()) == len(study.rois) + 2
+    assert len(parsed.content.get_image_measurement_groups()) == len(study.rois) + 2
     tracking_uids = set()
-    for index, (group, roi) in enumerate(zip(groups, study.rois, strict=True)):
+    for index, (group, roi, prediction) in enumerate(
+        zip(groups, study.rois, study.predictions, strict=True)
+    ):
         image = study.image(roi.source_sop_instance_uid)
         identifier = str(only_child(group, "DCM", "112039").TextValue)
-        assert identifier.startswith(f"ROI {index + 1}: ")
-        assert f"{image.ImageLaterality} {image.ViewPosition}" in identifier
+        # View and predicted subtype first: OHIF lists a measurement by this text.
+        called = TASKS["subtype5"].class_names[prediction.predicted_index("subtype5")]
+        head = f"ROI {index + 1} {image.ImageLaterality} {image.ViewPosition}: "
+        assert identifier.startswith(head), identifier
+        assert identifier[len(head) :].replace("HER2+ HR", "HER2+/HR").startswith(called)
         tracking_uids.add(str(only_child(group, "DCM", "112040").UID))
-        source = only_child(group, "DCM", "121233")
-        assert referenced_uid(source) == roi.source_sop_instance_uid
-        frame_ref = only_child(group, "DCM", "121214")
-        assert referenced_uid(frame_ref) == str(study.seg.SOPInstanceUID)
-        frame = int(frame_ref.ReferencedSOPSequence[0].ReferencedFrameNumber)
+        # The group's Image Region (the lesion's box by default), SELECTED FROM its MG image ...
+        region = only_child(group, "DCM", "111030")
+        assert str(region.ValueType) == "SCOORD" and region.GraphicType == "POLYLINE"
+        [selected_from] = region.ContentSequence
+        assert selected_from.RelationshipType == "SELECTED FROM"
+        assert referenced_uid(selected_from) == str(image.SOPInstanceUID)
+        # ... and the same graphic is the first probability's only child (INFERRED FROM), the
+        # other probabilities have none (what OHIF needs to draw and restore the group).
+        numbers = [i for i in group.ContentSequence if str(i.ValueType) == "NUM"]
+        [inferred] = numbers[0].ContentSequence
+        assert (inferred.RelationshipType, inferred.ValueType) == ("INFERRED FROM", "SCOORD")
+        assert inferred.GraphicData == region.GraphicData
+        assert referenced_uid(inferred.ContentSequence[0]) == str(image.SOPInstanceUID)
+        assert all("ContentSequence" not in n for n in numbers[1:])
+        # The input SEG's segment on this view is the group's Source of Measurement.
+        source = only_child(group, "DCM", "121112")
+        assert referenced_uid(source) == str(study.seg.SOPInstanceUID)
+        frame = int(source.ReferencedSOPSequence[0].ReferencedFrameNumber)
         assert segment_of_frame(study.seg, frame) == (
             roi.segment_number,
             roi.source_sop_instance_uid,
         )
     assert len(tracking_uids) == len(groups)
     assert all(UID(u).is_valid for u in tracking_uids)
+
+
+def polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def lesion_mask(study: Study, roi: RoiCrop) -> np.ndarray:
+    frame = next(
+        i + 1
+        for i in range(len(study.seg.PerFrameFunctionalGroupsSequence))
+        if segment_of_frame(study.seg, i + 1) == (roi.segment_number, roi.source_sop_instance_uid)
+    )
+    return study.seg.pixel_array[frame - 1] > 0
+
+
+def region_points(group: Dataset) -> np.ndarray:
+    region = only_child(group, "DCM", "111030")
+    return np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
+
+
+def test_each_box_frames_its_lesion_on_the_mammogram(sr: Dataset, study: Study) -> None:
+    """The default region: the segment's bounding box as a closed 5-point polyline (pixel
+    edges), which OHIF rehydrates as a rectangle."""
+    for group, roi in zip(measurement_groups(sr), study.rois, strict=True):
+        assert only_child(group, "DCM", "111030").GraphicType == "POLYLINE"
+        points = region_points(group)
+        rows, cols = np.nonzero(lesion_mask(study, roi))
+        left, top, right, bottom = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+        assert points.tolist() == [
+            [left, top],
+            [right, top],
+            [right, bottom],
+            [left, bottom],
+            [left, top],
+        ]
+
+
+def test_each_outline_traces_its_lesion_on_the_mammogram(
+    study: Study, untrained: BundleInfo
+) -> None:
+    """[results] sr_region = "outline": the segment's boundary in image pixels: closed, inside
+    the image, on the lesion's edge, enclosing the lesion's area (the disks of make_study)."""
+    settings = ResultsSettings(sr_region=SrRegion.OUTLINE)
+    sr = roundtrip(
+        build_results(
+            study.seg, study.images, study.rois, study.predictions, untrained, settings
+        ).sr
+    )
+    for group, roi in zip(measurement_groups(sr), study.rois, strict=True):
+        points = region_points(group)
+        assert np.array_equal(points[0], points[-1]) and 8 <= len(points) <= 129
+        mask = lesion_mask(study, roi)
+        rows, cols = np.nonzero(mask)
+        assert (points[:, 0] >= 0).all() and (points[:, 0] <= SHAPE[1]).all()
+        assert (points[:, 1] >= 0).all() and (points[:, 1] <= SHAPE[0]).all()
+        # Every vertex lies on the lesion's edge: within 1.5 px of a mask pixel's centre...
+        centres = np.stack([cols + 0.5, rows + 0.5], axis=1)
+        nearest = np.min(np.linalg.norm(points[:, None] - centres[None], axis=2), axis=1)
+        assert nearest.max() <= 1.5
+        # ... and the polygon holds the lesion's area (within 15%: a traced disk of r >= 10).
+        assert polygon_area(points) == pytest.approx(mask.sum(), rel=0.15)
+
+
+def test_each_group_references_its_sc_and_heatmap_segment(
+    sr: Dataset, study: Study, received: list[Dataset]
+) -> None:
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in received}
+    for index, group in enumerate(measurement_groups(sr)):
+        tracking_uid = str(only_child(group, "DCM", "112040").UID)
+        illustration = by_uid[referenced_uid(only_child(group, "DCM", "121200"))]
+        assert illustration.SOPClassUID == SC_CLASS
+        roi = study.rois[index]
+        assert f"segment {roi.segment_number} " in illustration.DerivationDescription
+        assert illustration.SourceImageSequence[0].ReferencedSOPInstanceUID == (
+            roi.source_sop_instance_uid
+        )
+        heatmap_item = only_child(group, "DCM", "130403")  # Gradient-weighted class activation
+        heatmap = by_uid[referenced_uid(heatmap_item)]
+        number = int(heatmap_item.ReferencedSOPSequence[0].ReferencedSegmentNumber)
+        segment = next(s for s in heatmap.SegmentSequence if s.SegmentNumber == number)
+        assert str(segment.TrackingUID) == tracking_uid  # the same lesion, on the same view
+        assert heatmap.SourceImageSequence[0].ReferencedSOPInstanceUID == (
+            study.rois[index].source_sop_instance_uid
+        )
+
+
+def test_each_group_is_compact_calls_first_algorithm_once(sr: Dataset) -> None:
+    """Algorithm identification once per group (not under every probability), the calls
+    before the probabilities, and intended use / model status said once, for the document."""
+    for group in measurement_groups(sr):
+        assert len(children(group, "DCM", "111001")) == 1  # Algorithm Name, at group level
+        numbers = [i for i in group.ContentSequence if str(i.ValueType) == "NUM"]
+        assert all(not children(n, "DCM", "111001") for n in numbers)
+        kinds = [str(i.ValueType) for i in group.ContentSequence if concept(i)[0] == SCHEME]
+        assert kinds == ["CODE"] * 4 + ["NUM"] * 11
+        # Each task's probabilities ranked, so the first five numbers (all OHIF draws beside a
+        # measurement) are the five-class ranking with the predicted subtype on top.
+        values = [float(n.MeasuredValueSequence[0].NumericValue) for n in numbers]
+        assert values[:5] == sorted(values[:5], reverse=True)
+        first = concept(numbers[0])[1]
+        called = value_code(only_child(group, SCHEME, TASK_CONCEPTS["subtype5"].value))[1]
+        assert (
+            CLASS_CODES["subtype5"][
+                [c.value for c in PROBABILITY_CODES["subtype5"]].index(first)
+            ].value
+            == called
+        )
+        assert not children(group, SCHEME, "MS0900") and not children(group, SCHEME, "MS0902")
+    statements = only_child(sr, "UMLS", "C0034375")
+    assert [value_code(i)[1] for i in children(statements, SCHEME, "MS0900")] == ["MS0901"]
+    assert len([i for i in walk(sr) if concept(i) == (SCHEME, "MS0900")]) == 1
 
 
 def test_sr_probabilities_and_calls_are_the_predictions(sr: Dataset, study: Study) -> None:
@@ -284,6 +425,8 @@ def test_sr_probabilities_and_calls_are_the_predictions(sr: Dataset, study: Stud
                 measured = item.MeasuredValueSequence[0]
                 assert measured.MeasurementUnitsCodeSequence[0].CodeValue == "1"
                 found[key] = float(measured.NumericValue)
+                digits = str(measured.NumericValue).lstrip("0.").replace(".", "")
+                assert len(digits) <= 4, measured.NumericValue  # 4 significant digits
         expected = {
             (task, j): float(p)
             for task, ps in prediction.probabilities.items()
@@ -291,11 +434,12 @@ def test_sr_probabilities_and_calls_are_the_predictions(sr: Dataset, study: Stud
         }
         assert found.keys() == expected.keys()
         for key, value in expected.items():
-            assert found[key] == pytest.approx(value, rel=1e-12, abs=1e-13), key
+            assert found[key] == float(f"{value:.4g}"), key
         for task, concept_code in TASK_CONCEPTS.items():
             call = only_child(group, SCHEME, concept_code.value)
             winner = int(np.argmax(prediction.probabilities[task]))
-            assert value_code(call) == (SCHEME, CLASS_CODES[task][winner].value), task
+            code = CLASS_CODES[task][winner]
+            assert value_code(call) == (code.scheme_designator, code.value), task
     # The ROIs were given different winners, so a mix-up of groups would show above.
     assert len({p.predicted_index("subtype5") for p in study.predictions}) == len(study.rois)
 
@@ -337,7 +481,7 @@ def test_sr_image_library_and_finding_sites_carry_laterality_and_view(
         assert view == ("SCT", SCT_VIEW[str(image.ViewPosition)])
     for group in measurement_groups(sr):
         site = only_child(group, "SCT", "363698007")
-        assert value_code(site) == ("SCT", SCT_LEFT_BREAST)
+        assert value_code(site) == ("SCT", SCT_BREAST)
         assert value_code(only_child(site, "SCT", "272741003")) == ("SCT", SCT_LEFT)
 
 
@@ -347,9 +491,9 @@ def test_right_breast_is_reported_as_right(untrained: BundleInfo) -> None:
     sr = roundtrip(result.sr)
     for group in measurement_groups(sr):
         site = only_child(group, "SCT", "363698007")
-        assert value_code(site) == ("SCT", SCT_RIGHT_BREAST)
+        assert value_code(site) == ("SCT", SCT_BREAST)
         assert value_code(only_child(site, "SCT", "272741003")) == ("SCT", SCT_RIGHT)
-        assert " on R " in str(only_child(group, "DCM", "112039").TextValue)
+        assert re.match(r"ROI \d R (CC|MLO): ", str(only_child(group, "DCM", "112039").TextValue))
     library = only_child(sr, "DCM", "111028")
     lateralities = [
         value_code(only_child(e, "DCM", "111027"))
@@ -361,9 +505,13 @@ def test_right_breast_is_reported_as_right(untrained: BundleInfo) -> None:
 
 
 def test_sr_says_research_use_and_untrained(sr: Dataset) -> None:
-    statements = [t for t in all_texts(sr) if "RESEARCH USE ONLY" in t]
+    document = only_child(sr, "UMLS", "C0034375")  # the document's Qualitative Evaluations
+    statements = [t for t in all_texts(document) if "RESEARCH USE ONLY" in t]
     assert statements, "no research-use statement"
     assert all("UNTRAINED" in t for t in statements)
+    # Every group's label (its Comment, what OHIF shows) says research use only too.
+    for group in measurement_groups(sr):
+        assert str(only_child(group, "DCM", "121106").TextValue).endswith("RESEARCH USE ONLY")
     calls = {(concept(i)[1], value_code(i)[1]) for i in walk(sr) if str(i.ValueType) == "CODE"}
     assert ("MS0900", "MS0901") in calls  # intended use: research use only
     assert ("MS0902", "MS0903") in calls  # model status: untrained
@@ -579,7 +727,7 @@ def test_summary_reads_the_calls_back(sr: Dataset, study: Study) -> None:
     for group, prediction in zip(measurement_groups(sr), study.predictions, strict=True):
         assert str(only_child(group, "DCM", "112039").TextValue) in text
         winner = prediction.predicted_index("subtype5")
-        meaning = CLASS_CODES["subtype5"][winner].meaning
+        meaning = TASKS["subtype5"].class_names[winner]
         p = prediction.probabilities["subtype5"][winner]
         assert re.search(rf"subtype: {re.escape(meaning)} \(p={p:.2f}\)", text), meaning
     assert "RESEARCH USE ONLY" in text and "UNTRAINED" in text

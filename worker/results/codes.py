@@ -1,8 +1,10 @@
 """Coded concepts of the results, including this product's private coding scheme.
 
-DICOM and SNOMED have no codes for breast cancer molecular subtypes (REFERENCE.md s.3), so they
-live in the private scheme ``99MOLSUB``, declared in every SR's Coding Scheme Identification
-Sequence so that receiving systems can tell what the designator means.
+SNOMED CT has disorder concepts for two of the subtypes (triple-negative, HER2-positive and
+HER2-negative carcinoma of breast), and those are used. It has none for Luminal A/B, for the
+hormone-receptor split of HER2-positive, nor for the "not ..." classes, and DICOM has none at
+all (REFERENCE.md s.3), so the rest live in the private scheme ``99MOLSUB``, declared in every
+SR's Coding Scheme Identification Sequence so that receiving systems can tell what it means.
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ TASK_CONCEPTS: dict[str, Code] = {
     "tn": _private("MS0004", "Triple-negative status"),
 }
 
+# SNOMED CT disorders (International Edition) for the classes it names.
+TRIPLE_NEGATIVE_BREAST_CANCER = Code(
+    "706970001", "SCT", "Triple negative malignant neoplasm of breast"
+)
+HER2_POSITIVE_BREAST_CANCER = Code(
+    "427685000", "SCT", "Human epidermal growth factor 2 positive carcinoma of breast"
+)
+HER2_NEGATIVE_BREAST_CANCER = Code(
+    "431396003", "SCT", "Human epidermal growth factor 2 negative carcinoma of breast"
+)
+
 # One code per class of every task, in model.tasks order.
 CLASS_CODES: dict[str, tuple[Code, ...]] = {
     "subtype5": (
@@ -38,11 +51,18 @@ CLASS_CODES: dict[str, tuple[Code, ...]] = {
         _private("MS0102", "Luminal B"),
         _private("MS0103", "HER2-positive, hormone receptor-positive"),
         _private("MS0104", "HER2-positive, hormone receptor-negative"),
-        _private("MS0105", "Triple-negative"),
+        TRIPLE_NEGATIVE_BREAST_CANCER,
     ),
     "luminal": (_private("MS0110", "Non-Luminal"), _private("MS0111", "Luminal")),
-    "her2": (_private("MS0120", "HER2-negative"), _private("MS0121", "HER2-positive")),
-    "tn": (_private("MS0130", "Not triple-negative"), _private("MS0131", "Triple-negative")),
+    "her2": (HER2_NEGATIVE_BREAST_CANCER, HER2_POSITIVE_BREAST_CANCER),
+    "tn": (_private("MS0130", "Not triple-negative"), TRIPLE_NEGATIVE_BREAST_CANCER),
+}
+# What a viewer shows beside a lesion's outline (the tracking identifier): short class names.
+SHORT_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "subtype5": ("Luminal A", "Luminal B", "HER2+ HR+", "HER2+ HR-", "Triple-negative"),
+    "luminal": ("non-Luminal", "Luminal"),
+    "her2": ("HER2-", "HER2+"),
+    "tn": ("not TN", "TN"),
 }
 
 # The probability of each class: a measurement named per class, so a reader needs no
@@ -69,24 +89,22 @@ SYNTHETIC_TRAINED_MODEL = _private("MS0906", "Trained on synthetic data only, no
 NO_UNITS = codes.UCUM.NoUnits
 MAMMOGRAPHY = Code("71651007", "SCT", "Mammography")
 BREAST = Code("76752008", "SCT", "Breast")
-BREAST_BY_LATERALITY = {
-    "L": Code("80248007", "SCT", "Left breast"),
-    "R": Code("73056007", "SCT", "Right breast"),
-}
 LATERALITY = {"L": Code("7771000", "SCT", "Left"), "R": Code("24028007", "SCT", "Right")}
 IMAGE_LATERALITY = Code("111027", "DCM", "Image Laterality")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = Code("121106", "DCM", "Comment")
-# Derivation (DCM 121401) of each fused probability, from CID 7464.
-MEAN = codes.SCT.Mean
 IMAGE_VIEW = Code("111031", "DCM", "Image View")
 GRADCAM = codes.DCM.GradientWeightedClassActivation
+# A lesion's explanation in the SR: its Secondary Capture (CID 7003) and its heatmap segment.
+ILLUSTRATION_OF_ROI = codes.DCM.IllustrationOfROI
 CLASS_ACTIVATION = codes.DCM.ClassActivation
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
 AI_FAMILY = codes.DCM.ArtificialIntelligence
 
 assert set(CLASS_CODES) == set(TASKS)
 assert all(len(CLASS_CODES[t]) == TASKS[t].num_classes for t in TASKS)
+assert all(len(SHORT_CLASS_NAMES[t]) == TASKS[t].num_classes for t in TASKS)
+assert all(len(c.meaning) <= 64 for cs in CLASS_CODES.values() for c in cs)
 assert all(len(c.meaning) <= 64 for cs in PROBABILITY_CODES.values() for c in cs)
 
 

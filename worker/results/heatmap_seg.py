@@ -49,6 +49,9 @@ def cam_in_image_grid(roi: RoiCrop, cam: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+HEATMAP_COLOUR = hd.color.CIELabColor(53.24, 80.09, 67.20)  # sRGB red (255, 0, 0)
+
+
 def build_heatmap_seg(
     source: Dataset,
     entries: Sequence[tuple[int, RoiCrop, RoiPrediction]],
@@ -88,6 +91,8 @@ def build_heatmap_seg(
             tracking_uid=uids.tracking(index),
             tracking_id=f"ROI {index + 1}",
         )
+        # Red, so viewers need not pick a colour for the map (OHIF warns when it must).
+        description.RecommendedDisplayCIELabValue = list(HEATMAP_COLOUR.value)
         if binary:
             description.SegmentDescription = (
                 f"Grad-CAM of ROI {index + 1}: the pixels where the map (0..1) is {cut}"
@@ -136,7 +141,9 @@ def build_heatmap_seg(
     )
     if "PatientOrientation" in source:
         seg.PatientOrientation = source.PatientOrientation
-    _drop_incomplete_pixel_measures(seg)
+    _projection_pixel_measures(seg, source)
+    if binary:
+        _viewer_plane_orientation(seg)
     seg.SeriesDescription = series_description(
         f"Grad-CAM {cut}" if binary else "Grad-CAM map", bundle
     )
@@ -144,17 +151,38 @@ def build_heatmap_seg(
     return seg
 
 
-def _drop_incomplete_pixel_measures(seg: Dataset) -> None:
-    """highdicom writes Pixel Measures from a source's PixelSpacing without the Slice Thickness
-    the macro then needs (a projection image has none), and copies the source's Frame of
-    Reference, which makes Pixel Measures required. A mammogram has no patient coordinates
-    (no Image Position / Orientation), so its Frame of Reference says nothing the heatmap
-    needs: the map is registered to the mammogram pixel by pixel through Derivation Image and
-    the Referenced Series. Both are left out then; viewers take the spacing from the image."""
-    for group in seg.get("SharedFunctionalGroupsSequence", []):
-        measures = group.get("PixelMeasuresSequence")
-        if measures and any("SliceThickness" not in item for item in measures):
-            del group.PixelMeasuresSequence
-            for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
-                if keyword in seg:
-                    delattr(seg, keyword)
+def _viewer_plane_orientation(seg: Dataset) -> None:
+    """The BINARY variant exists for OHIF, whose SEG loader (@cornerstonejs/adapters,
+    checkOrientation) needs Plane Orientation (Image Orientation Patient) and compares it with
+    the source image's. A mammogram has none; cornerstone then gives it rows along +x and
+    columns along +y, so that is what the SEG states, without a Frame of Reference (the map
+    stays registered to the mammogram pixel by pixel, not in patient space)."""
+    if "FrameOfReferenceUID" in seg:
+        return  # a source with patient coordinates: highdicom wrote its own planes
+    item = Dataset()
+    item.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [item]
+
+
+def _projection_pixel_measures(seg: Dataset, source: Dataset) -> None:
+    """Pixel Measures with the pixel spacing only, and no Frame of Reference, for a projection
+    image. highdicom copies the source's Frame of Reference, which makes Pixel Measures need a
+    Slice Thickness (dciodvfy), and a mammogram has neither a slice thickness nor patient
+    coordinates: the map is registered to it pixel by pixel (Derivation Image, Referenced
+    Series), so the Frame of Reference goes. Pixel Measures stay, with the source's Pixel
+    Spacing (or, for an MG that has only that, its Imager Pixel Spacing): OHIF's SEG viewport
+    reads them and fails on the whole study without them."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if measures and all("SliceThickness" in item for item in measures):
+        return
+    for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator"):
+        if keyword in seg:
+            delattr(seg, keyword)
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    if spacing:
+        item = Dataset()
+        item.PixelSpacing = list(spacing)
+        shared.PixelMeasuresSequence = [item]
+    elif "PixelMeasuresSequence" in shared:
+        del shared.PixelMeasuresSequence

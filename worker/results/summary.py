@@ -1,8 +1,10 @@
 """A plain-text summary read back from an SR with highdicom: what the CLI prints, and proof
 that the SR says it (a reader that only knows TID 1500 finds the same values).
 
-The SR has one TID 1410 group per ROI (one view of one lesion) and, for a lesion seen on two or
-more views, one fused group marked by the "View fusion" evaluation (worker.results.sr).
+The SR has one TID 1501 group per ROI (one view of one lesion: its region on the MG, calls,
+probabilities inferred from the input SEG's frame, its SC and heatmap segment) and, for a lesion
+seen on two or more views, one fused group marked by the "View fusion" evaluation
+(worker.results.sr_groups).
 ``measurement_groups`` returns the per-ROI groups only, so counting it still counts ROIs.
 """
 
@@ -12,25 +14,31 @@ import math
 from dataclasses import dataclass
 
 import highdicom as hd
-from highdicom.sr import ValueTypeValues
-from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code
 
+from common.sop_classes import SEGMENTATION
+from model.tasks import TASKS
 from worker.results.codes import (
     CLASS_CODES,
     COMMENT,
+    GRADCAM,
+    ILLUSTRATION_OF_ROI,
     PROBABILITY_CODES,
+    QUALITATIVE_EVALUATIONS,
     TASK_CONCEPTS,
     VIEW_FUSION,
 )
 
-MeasurementGroup = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+MeasurementGroup = hd.sr.MeasurementsAndQualitativeEvaluations
+IMAGE_REGION = Code("111030", "DCM", "Image Region")
+SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
 
 
 def _all_groups(sr: Dataset) -> list[MeasurementGroup]:
     report = hd.sr.MeasurementReport.from_sequence([sr])
-    return report.get_planar_roi_measurement_groups()
+    return report.get_image_measurement_groups()
 
 
 def is_fused(group: MeasurementGroup) -> bool:
@@ -39,7 +47,7 @@ def is_fused(group: MeasurementGroup) -> bool:
 
 
 def measurement_groups(sr: Dataset) -> list[MeasurementGroup]:
-    """The SR's per-ROI TID 1410 measurement groups: one per ROI, fused groups left out."""
+    """The SR's per-ROI measurement groups: one per ROI, fused groups left out."""
     return [group for group in _all_groups(sr) if not is_fused(group)]
 
 
@@ -53,8 +61,12 @@ class GroupValues:
     """What one measurement group says, read back from the SR alone.
 
     ``probabilities`` and ``calls`` (the called class's index) follow ``model.tasks`` class
-    order. ``seg_frames`` are the SEG frames the group references (one per view);
-    ``source_uids`` the MG images its values come from (one per view).
+    order. ``seg_frames`` are the input SEG frames the values were inferred from (one per
+    view); ``source_uids`` the MG images (one per view; the outline's image first);
+    ``region`` the lesion on the first of them as the SR draws it (``region_type`` POLYLINE:
+    its box or outline, closed; POINT: a fused lesion's centre), as (column, row) pairs;
+    ``illustration_uid`` and ``heatmap`` the ROI's SC and its (heatmap SEG, segment), which a
+    fused group does not have; ``label`` the call in words (the group's Comment).
     """
 
     tracking_identifier: str
@@ -62,30 +74,78 @@ class GroupValues:
     seg_uid: str
     seg_frames: tuple[int, ...]
     source_uids: tuple[str, ...]
+    region_type: str
+    region: tuple[tuple[float, float], ...]
     probabilities: dict[str, tuple[float, ...]]
     calls: dict[str, int]
+    illustration_uid: str | None = None
+    heatmap: tuple[str, int] | None = None
+    label: str = ""
 
 
 def group_values(group: MeasurementGroup) -> GroupValues:
-    reference = group.referenced_segmentation_frame
-    if reference is None:
-        raise ValueError(f"group {group.tracking_identifier} references no SEG frame")
-    frame_item, source_item = reference[0], reference[1]
-    sources = [str(source_item.referenced_sop_instance_uid)]
-    for measurement in group.get_measurements():
-        for image in measurement.referenced_images:
-            uid = str(image.referenced_sop_instance_uid)
-            if uid not in sources:
-                sources.append(uid)
+    items = list(group[0].ContentSequence)
+    region = next((i for i in items if _key_of(i) == _key(IMAGE_REGION)), None)
+    if region is None:
+        raise ValueError(f"group {group.tracking_identifier} has no image region")
+    sources = [_referenced_uid(region.ContentSequence[0])]
+    seg_uid, frames = "", ()
+    for item in items:
+        if str(item.ValueType) != "IMAGE" or _key_of(item) != _key(SOURCE_OF_MEASUREMENT):
+            continue
+        ref = item.ReferencedSOPSequence[0]
+        if str(ref.ReferencedSOPClassUID) == SEGMENTATION:
+            numbers = ref.get("ReferencedFrameNumber", [])
+            numbers = numbers if isinstance(numbers, (list, MultiValue)) else [numbers]
+            seg_uid, frames = str(ref.ReferencedSOPInstanceUID), tuple(int(n) for n in numbers)
+        elif _referenced_uid(item) not in sources:
+            sources.append(_referenced_uid(item))
+    if not seg_uid:
+        raise ValueError(f"group {group.tracking_identifier} names no input SEG")
+    points = [float(v) for v in region.GraphicData]
+    illustration, heatmap = _explanations(group)
     return GroupValues(
         tracking_identifier=str(group.tracking_identifier),
         tracking_uid=str(group.tracking_uid),
-        seg_uid=str(frame_item.referenced_sop_instance_uid),
-        seg_frames=tuple(frame_item.referenced_frame_numbers or ()),
+        seg_uid=seg_uid,
+        seg_frames=frames,
         source_uids=tuple(sources),
+        region_type=str(region.GraphicType),
+        region=tuple(zip(points[0::2], points[1::2], strict=True)),
         probabilities=_probabilities(group),
         calls=_call_indices(group),
+        illustration_uid=illustration,
+        heatmap=heatmap,
+        label=next((str(i.TextValue) for i in items if _key_of(i) == _key(COMMENT)), ""),
     )
+
+
+def _key_of(item: Dataset) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodingSchemeDesignator), str(code.CodeValue)
+
+
+def _referenced_uid(item: Dataset) -> str:
+    return str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+
+
+def _explanations(group: MeasurementGroup) -> tuple[str | None, tuple[str, int] | None]:
+    """The group's "Illustration of ROI" (SC) and "Gradient-weighted class activation" items."""
+    illustration = heatmap = None
+    for item in group[0].ContentSequence:
+        if str(item.ValueType) != "IMAGE":
+            continue
+        name = item.ConceptNameCodeSequence[0]
+        ref = item.ReferencedSOPSequence[0]
+        if (name.CodingSchemeDesignator, name.CodeValue) == _key(ILLUSTRATION_OF_ROI):
+            illustration = str(ref.ReferencedSOPInstanceUID)
+        elif (name.CodingSchemeDesignator, name.CodeValue) == _key(GRADCAM):
+            heatmap = (str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedSegmentNumber))
+    return illustration, heatmap
+
+
+def _key(code: Code) -> tuple[str, str]:
+    return code.scheme_designator, code.value
 
 
 def fused_results(sr: Dataset) -> list[GroupValues]:
@@ -122,7 +182,7 @@ def _call_indices(group: MeasurementGroup) -> dict[str, int]:
 
 def _describe(values: GroupValues) -> list[str]:
     """The called subtype with its probability, and the three binary calls."""
-    meaning = {task: CLASS_CODES[task][i].meaning for task, i in values.calls.items()}
+    meaning = {task: TASKS[task].class_names[i] for task, i in values.calls.items()}
     lines = []
     index = values.calls.get("subtype5")
     if index is not None:
@@ -136,6 +196,15 @@ def _describe(values: GroupValues) -> list[str]:
     if binary:
         lines.append(f"    {'; '.join(binary)}")
     return lines
+
+
+def document_statements(sr: Dataset) -> list[Dataset]:
+    """The items of the document-level Qualitative Evaluations (intended use, model status, the
+    disclaimer and notes), not the groups' own comments."""
+    for item in sr.get("ContentSequence", []):
+        if _key_of(item) == _key(QUALITATIVE_EVALUATIONS):
+            return list(item.get("ContentSequence", []))
+    return []
 
 
 def summarize_sr(sr: Dataset) -> str:
@@ -154,6 +223,7 @@ def summarize_sr(sr: Dataset) -> str:
         rule = f"mean of {len(values.source_uids)} views' probabilities"
         lines.append(f"  {values.tracking_identifier}: {rule}")
         lines.extend(_describe(values))
-    comments = find_content_items(sr, name=COMMENT, value_type=ValueTypeValues.TEXT, recursive=True)
-    lines.extend(f"  {item.TextValue}" for item in comments)
+    lines.extend(
+        f"  {item.TextValue}" for item in document_statements(sr) if _key_of(item) == _key(COMMENT)
+    )
     return "\n".join(lines)
