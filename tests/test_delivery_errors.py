@@ -46,7 +46,9 @@ from worker.queue.handlers import StageHandlers
 PEER_AET = "PEER"
 NODE_AET = "MOLSUB"
 RESULT_CLASSES = (standins.SR_CLASS, standins.SC_CLASS, standins.SEG_CLASS)
-QUICK_S = 5.0  # timeouts of the cases that must not wait for one: they end well before
+# Timeouts of the cases that must not wait for one: they end well before (a few seconds), and a
+# case that did wait would take at least this long. Generous, so a loaded machine passes too.
+QUICK_S = 20.0
 HELD_S = 30.0  # the most a peer written here holds a thread before the test lets it go
 
 
@@ -225,9 +227,14 @@ def test_dcmtk_storescp_refusing_every_association(
     finally:
         stop_process(proc)
     error = assert_failed_alike(run, "pacs")
+    # storescp --refuse closes its socket right after the A-ASSOCIATE-RJ; on a loaded machine
+    # the reset can reach the node before it reads the RJ (seen once in a contended CI check),
+    # and then the node can only say the peer closed the connection. Either way it fails at
+    # once with a reason; the rejection's own wording is checked against a pynetdicom peer in
+    # test_rejection_names_result_source_and_reason.
     assert error.endswith(
         "rejected (result: rejected-permanent, source: service user, reason: no reason given)"
-    )
+    ) or error.endswith("request not answered: the peer closed the connection (A-P-ABORT)")
     assert run.elapsed_s < QUICK_S
 
 
