@@ -70,6 +70,37 @@ class NodeSettings:
     allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE title
     spool_dir: Path = Path("spool")
     study_timeout_s: float = 600.0
+    # Association limits (scp/association.py): negotiated associations at once, in total and
+    # per calling AE title; a connection whose A-ASSOCIATE-RQ is not whole within
+    # acse_timeout_s is closed; DIMSE and network waits; the longest PDU read (longer: A-ABORT).
+    max_associations: int = 16
+    max_associations_per_aet: int = 8
+    acse_timeout_s: float = 10.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    max_pdu_bytes: int = 131072
+    check_called_aet: bool = True  # the called AE title must be ae_title
+    # "AET@address" (an IP or CIDR network): that calling AE title only from there.
+    allowed_peers: tuple[str, ...] = ()
+    # Received objects of a unit are deleted this many hours after its results were delivered
+    # (state done), with the unit's recorded result objects; 0 keeps everything (scp/retention.py).
+    retention_hours: float = 0.0
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """[tls]: DICOM TLS (PS3.15 B.9, TLS 1.2 or later) on the SCP's port, and the node's own
+    certificate and trust when it delivers to a destination with ``tls = true`` (common/tls.py).
+
+    Off by default, like the loopback bind: a deployment turns it on with its own PKI."""
+
+    enabled: bool = False  # the SCP port speaks TLS only (no plain DICOM beside it)
+    certificate: Path | None = None  # PEM, the node's certificate (chain), server and client
+    private_key: Path | None = None  # PEM, unencrypted; readable by the node's user only
+    ca_file: Path | None = None  # PEM, the CAs whose certificates peers must present
+    # Mutual authentication: a calling AE without a certificate from ca_file is refused in the
+    # TLS handshake, before any DICOM is read.
+    require_client_cert: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +144,16 @@ class QueueSettings:
     # prepare and infer: transient failures (a lost worker, memory, a disk) are retried this
     # often, with the same backoff, before the unit fails
     stage_max_retries: int = 3
+    # A unit in flight whose progress (state, progress.json, status.json) has not moved this
+    # long is offered to the queue again: a worker that died took its message with it. Longer
+    # than the slowest stage and than delivery_retry_max_s. The bound on redelivery, either broker.
+    stall_timeout_s: float = 900.0
+    # Re-offers of a stalled unit; one more stall and it ends failed, with the reason.
+    max_redeliveries: int = 2
+    # `molsub serve` restarts a local worker that exits; more exits than this within
+    # worker_restart_window_s and the node exits 1 (systemd restarts it).
+    worker_restart_limit: int = 5
+    worker_restart_window_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +175,14 @@ class Destination:
     dimse_timeout_s: float = 60.0
     # The connection idle, or a send the peer does not read, this long: the association ends.
     network_timeout_s: float = 60.0
+    # DICOM TLS to this peer. Unset CA, certificate and key are taken from [tls]; without a CA
+    # anywhere the system's trust store is used. The peer's certificate must name tls_server_name
+    # (default: host), as an HTTPS client checks its server.
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_server_name: str | None = None
 
     @property
     def is_folder(self) -> bool:
@@ -147,6 +196,7 @@ class NodeConfig:
     queue: QueueSettings = field(default_factory=QueueSettings)
     inputs: InputSettings = field(default_factory=InputSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None  # the node.toml read, None for built-in defaults
 
@@ -159,9 +209,27 @@ class NodeConfig:
             f"listen: AE title {n.ae_title!r} on {n.host}:{n.port}"
             + ("  (loopback only)" if n.host in LOOPBACK_HOSTS else ""),
             f"accept associations from: {callers}",
+            f"associations: at most {n.max_associations} ({n.max_associations_per_aet} per calling"
+            f" AE); ACSE / DIMSE / network timeout {n.acse_timeout_s:g} / {n.dimse_timeout_s:g} /"
+            f" {n.network_timeout_s:g} s; PDUs up to {n.max_pdu_bytes} bytes; called AE "
+            + ("checked" if n.check_called_aet else "not checked")
+            + (f"; bound peers: {', '.join(n.allowed_peers)}" if n.allowed_peers else ""),
             "process: MG For Presentation and the Segmentations drawn on them",
             f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
             f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
+            "retention: "
+            + (
+                f"received objects and results deleted {n.retention_hours:g} h after delivery"
+                if n.retention_hours > 0
+                else "keep everything (retention_hours = 0; `molsub purge STUDY` removes one)"
+            ),
+            "TLS on the SCP port: "
+            + (
+                f"yes (TLS 1.2+), client certificates "
+                f"{'required' if self.tls.require_client_cert else 'not asked for'}"
+                if self.tls.enabled
+                else "no (plain DICOM)"
+            ),
             f"model bundle: {self.model.bundle if self.model.bundle else '(not set)'}"
             + (f", device {self.model.device}" if self.model.device else ""),
             "queue: "
@@ -197,7 +265,7 @@ class NodeConfig:
                 if dest.is_folder
                 else f"AE {dest.ae_title!r} at {dest.host}:{dest.port}; timeouts: association "
                 f"{dest.acse_timeout_s:g} s, DIMSE {dest.dimse_timeout_s:g} s, network "
-                f"{dest.network_timeout_s:g} s"
+                f"{dest.network_timeout_s:g} s" + ("; TLS" if dest.tls else "")
             )
             lines.append(f"destination {dest.name!r}: {where}")
         return "\n".join(lines)

@@ -217,6 +217,43 @@ def _cmd_resend(args: argparse.Namespace) -> int:
     return EXIT_OK if sent else EXIT_FAILED
 
 
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from molsub.config import load_node_config
+    from molsub.purge import PurgeRefused, purge_expired, purge_study
+
+    config = load_node_config(args.config)
+    spool = config.node.spool_dir
+    if args.expired:
+        if args.study:
+            print("error: give a STUDY or --expired, not both", file=sys.stderr)
+            return EXIT_USAGE
+        hours = config.node.retention_hours
+        if hours <= 0:
+            print("error: [node] retention_hours is 0: nothing expires", file=sys.stderr)
+            return EXIT_FAILED
+        swept = purge_expired(spool, hours)
+        print(
+            f"retention ({hours:g} h after delivery): {len(swept.units)} unit(s), "
+            f"{swept.objects} received object(s) and {swept.result_objects} result object(s) "
+            f"deleted, {swept.kept_shared} kept (needed by other units, or received again "
+            "within the retention time)"
+        )
+        return EXIT_OK
+    if not args.study:
+        print("error: give the Study Instance UID to purge (or --expired)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = purge_study(spool, args.study, force=args.force)
+    except PurgeRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not report.anything:
+        print(f"error: study {args.study}: nothing of it in {spool}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(report.lines(spool)))
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.train:
         from molsub.train_demo import run_train_demo
@@ -261,14 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the config, say what it does")
     p.add_argument("--no-workers", action="store_true", help="do not start local workers")
     p.add_argument("--port", type=int, default=None, help="override [node] port (0: any free)")
-    p.set_defaults(func=_cmd_serve)
+    p.set_defaults(func=_cmd_serve, private=True)
 
     p = sub.add_parser("worker", help="run a Celery worker for some queues (e.g. infer on a GPU)")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument(
         "--queues", default="prepare,infer,deliver", help="comma-separated: prepare, infer, deliver"
     )
-    p.set_defaults(func=_cmd_worker)
+    p.set_defaults(func=_cmd_worker, private=True)
 
     p = sub.add_parser("units", help="list the spool's units and their states")
     p.add_argument("--config", type=Path, default=None)
@@ -287,12 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("unit", help="unit id (the SEG's SOP Instance UID)")
     p.add_argument("--config", type=Path, default=None)
-    p.set_defaults(func=_cmd_retry)
+    p.set_defaults(func=_cmd_retry, private=True)
 
     p = sub.add_parser("resend", help="send a unit's recorded results to the destinations again")
     p.add_argument("unit", help="unit id (the SEG's SOP Instance UID)")
     p.add_argument("--config", type=Path, default=None)
-    p.set_defaults(func=_cmd_resend)
+    p.set_defaults(func=_cmd_resend, private=True)
+
+    p = sub.add_parser(
+        "purge",
+        help="remove a study everywhere the node keeps it: spool, results, state database",
+    )
+    p.add_argument("study", nargs="?", help="Study Instance UID")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument(
+        "--force", action="store_true", help="purge even while a unit of the study is in flight"
+    )
+    p.add_argument(
+        "--expired",
+        action="store_true",
+        help="instead: one retention sweep now ([node] retention_hours; the node runs them too)",
+    )
+    p.set_defaults(func=_cmd_purge, private=True)
 
     p = sub.add_parser(
         "demo", help="the node on embedded defaults: SYNTHETIC study in by C-STORE, results out"
@@ -363,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "private", False):
+        # The commands that write the spool (patient data) and the processes they start:
+        # whatever they create is the node user's alone (common/private.py).
+        from common.private import set_private_umask
+
+        set_private_umask()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -17,7 +17,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +33,9 @@ from common.settings import (
     NodeSettings,
     QueueSettings,
     ResultsSettings,
+    TlsSettings,
 )
+from common.tls import TlsConfigError, client_context, server_context
 
 ENV_PREFIX = "MOLSUB_"
 CONFIG_FILE_ENV = "MOLSUB_CONFIG"  # names the node.toml when no --config is given
@@ -41,6 +43,9 @@ T = TypeVar("T")
 # A destination's network waits; an hour bounds them so that a typo cannot park a deliver worker.
 DESTINATION_TIMEOUTS = ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s")
 MAX_TIMEOUT_S = 3600.0
+# [node] max_pdu_bytes: PS3.8 allows any length; below 4 kB every object takes thousands of PDUs,
+# above 16 MB one PDU is a memory commitment a peer can force.
+MIN_PDU_BYTES, MAX_PDU_BYTES = 4096, 1 << 24
 
 
 class ConfigError(ValueError):
@@ -53,6 +58,7 @@ _SECTIONS: dict[str, type] = {
     "queue": QueueSettings,
     "inputs": InputSettings,
     "results": ResultsSettings,
+    "tls": TlsSettings,
 }
 # [inputs] policies that make no sense for a kind (the node has no model for tomosynthesis).
 _NOT_PROCESSED = ("breast_tomosynthesis", "breast_projection", "secondary_capture")
@@ -92,13 +98,14 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         name: _build_section(name, cls, raw.get(name, {}), env, base_dir)
         for name, cls in _SECTIONS.items()
     }
-    destinations = _build_destinations(raw.get("destinations", []), base_dir)
+    destinations = _build_destinations(raw.get("destinations", []), base_dir, sections["tls"])
     config = NodeConfig(
         node=sections["node"],
         model=sections["model"],
         queue=sections["queue"],
         inputs=sections["inputs"],
         results=sections["results"],
+        tls=sections["tls"],
         destinations=destinations,
         source=source,
     )
@@ -187,7 +194,9 @@ def _convert(value: object, hint: object, label: str) -> object:
     raise ConfigError(f"{label}: must be {wanted}, got {value!r}")
 
 
-def _build_destinations(values: object, base_dir: Path) -> tuple[Destination, ...]:
+def _build_destinations(
+    values: object, base_dir: Path, tls: TlsSettings
+) -> tuple[Destination, ...]:
     if not isinstance(values, list):
         raise ConfigError("[[destinations]] must be an array of tables")
     hints = typing.get_type_hints(Destination)
@@ -202,10 +211,20 @@ def _build_destinations(values: object, base_dir: Path) -> tuple[Destination, ..
         if "name" not in entry:
             raise ConfigError(f"{label}: name is required")
         kwargs = {k: _convert(v, hints[k], f"{label} {k}") for k, v in entry.items()}
-        if isinstance(kwargs.get("folder"), Path) and not kwargs["folder"].is_absolute():
-            kwargs["folder"] = base_dir / kwargs["folder"]
+        for key in ("folder", *_DESTINATION_TLS_FILES):
+            if isinstance(kwargs.get(key), Path) and not kwargs[key].is_absolute():
+                kwargs[key] = base_dir / kwargs[key]
+        if kwargs.get("tls"):  # the node's own identity and trust, unless the entry says else
+            for key, default in zip(
+                _DESTINATION_TLS_FILES, (tls.ca_file, tls.certificate, tls.private_key), strict=True
+            ):
+                if kwargs.get(key) is None:
+                    kwargs[key] = default
         out.append(Destination(**kwargs))
     return tuple(out)
+
+
+_DESTINATION_TLS_FILES = ("tls_ca_file", "tls_certificate", "tls_private_key")
 
 
 def _env_name(section: str, key: str) -> str:
@@ -233,10 +252,21 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
     if not n.host:
         raise ConfigError(f"{node('host')}: must not be empty (use 127.0.0.1 or 0.0.0.0)")
     _check_port(n.port, node("port"))
+    if n.retention_hours < 0:
+        raise ConfigError(
+            f"{node('retention_hours')}: must be >= 0 hours (0 keeps everything), "
+            f"got {n.retention_hours}"
+        )
+    if config.tls.enabled:
+        try:
+            server_context(config.tls)
+        except TlsConfigError as exc:
+            raise ConfigError(str(exc)) from None
     if not n.study_timeout_s > 0:
         raise ConfigError(
             f"{node('study_timeout_s')}: must be > 0 seconds, got {n.study_timeout_s}"
         )
+    _validate_association_limits(n, node)
     q = config.queue
     if q.visibility_timeout_s <= 0:
         raise ConfigError(f"{queue('visibility_timeout_s')}: must be > 0")
@@ -244,6 +274,17 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
         raise ConfigError(f"{queue('delivery_max_retries')}: must be >= 0")
     if q.stage_max_retries < 0:
         raise ConfigError(f"{queue('stage_max_retries')}: must be >= 0")
+    if q.stall_timeout_s <= q.delivery_retry_max_s:
+        raise ConfigError(
+            f"{queue('stall_timeout_s')}: must be > {queue('delivery_retry_max_s')} "
+            f"({q.delivery_retry_max_s:g}), or a unit waiting to retry delivery looks stalled"
+        )
+    if q.max_redeliveries < 0 or q.worker_restart_limit < 0:
+        raise ConfigError(
+            f"{queue('max_redeliveries')} / {queue('worker_restart_limit')}: must be >= 0"
+        )
+    if q.worker_restart_window_s <= 0:
+        raise ConfigError(f"{queue('worker_restart_window_s')}: must be > 0")
     if q.delivery_retry_base_s <= 0 or q.delivery_retry_max_s < q.delivery_retry_base_s:
         raise ConfigError(
             f"{queue('delivery_retry_base_s')} / {queue('delivery_retry_max_s')}: "
@@ -282,17 +323,55 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
         if dest.folder is not None:
             if any(v is not None for v in network):
                 raise ConfigError(f"{label}: give either folder or ae_title+host+port, not both")
+            if dest.tls:
+                raise ConfigError(f"{label}: tls applies to DICOM destinations, not to a folder")
             continue
         if any(v is None for v in network):
             raise ConfigError(f"{label}: needs ae_title, host and port (or folder)")
         _check_ae_title(dest.ae_title or "", f"{label} ae_title")
         _check_port(dest.port or 0, f"{label} port")
+        if dest.tls:
+            try:
+                client_context(dest)
+            except TlsConfigError as exc:
+                raise ConfigError(str(exc)) from None
         for key in DESTINATION_TIMEOUTS:
             value = getattr(dest, key)
             if not 0 < value <= MAX_TIMEOUT_S:
                 raise ConfigError(
                     f"{label} {key}: must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {value}"
                 )
+
+
+def _validate_association_limits(n: NodeSettings, node: Callable[[str], str]) -> None:
+    """[node] association limits (scp/association.py): positive counts, bounded waits, a PDU
+    size a peer can use, and ``allowed_peers`` entries of the form AET@address."""
+    from scp.association import parse_peers
+
+    if n.max_associations < 1:
+        raise ConfigError(f"{node('max_associations')}: must be >= 1, got {n.max_associations}")
+    if not 1 <= n.max_associations_per_aet <= n.max_associations:
+        raise ConfigError(
+            f"{node('max_associations_per_aet')}: must be 1..max_associations "
+            f"({n.max_associations}), got {n.max_associations_per_aet}"
+        )
+    for key in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+        value = getattr(n, key)
+        if not 0 < value <= MAX_TIMEOUT_S:
+            raise ConfigError(
+                f"{node(key)}: must be > 0 and at most {MAX_TIMEOUT_S:g} seconds, got {value}"
+            )
+    if not MIN_PDU_BYTES <= n.max_pdu_bytes <= MAX_PDU_BYTES:
+        raise ConfigError(
+            f"{node('max_pdu_bytes')}: must be {MIN_PDU_BYTES}..{MAX_PDU_BYTES} bytes, "
+            f"got {n.max_pdu_bytes}"
+        )
+    try:
+        peers = parse_peers(n.allowed_peers)
+    except ValueError as exc:
+        raise ConfigError(f"{node('allowed_peers')}: {exc}") from None
+    for aet in peers:
+        _check_ae_title(aet, node("allowed_peers"))
 
 
 def _check_ae_title(value: str, label: str) -> None:
@@ -320,6 +399,7 @@ def to_toml(config: NodeConfig) -> str:
         ("queue", config.queue),
         ("inputs", config.inputs),
         ("results", config.results),
+        ("tls", config.tls),
     )
     for name, section in sections:
         lines.append(f"[{name}]")

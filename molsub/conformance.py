@@ -78,11 +78,22 @@ STATUS_WHEN = {
     0x0000: "the object is fsynced in the spool and recorded in the state database; also an "
     "object whose [inputs] policy is `ignore` (not stored)",
     0xA700: "the spool write or the state database failed (disk full, I/O error); nothing is kept",
-    0xA900: "the object lacks what its SOP class requires (an MG image without Pixel Data)",
-    0xC000: "the object cannot be used (no or invalid UIDs, unreadable, an image smaller than "
-    "`min_image_side`), its [inputs] policy is `fail` (by default: a SEG that is not a lesion "
-    "outline), or it is of a class negotiated only for the node's own results and is not one; "
-    "the Error Comment says which",
+    0xC000: "the dataset does not parse to its end (Error Comment `parse: ...`), or the object "
+    "cannot be used (no or invalid UIDs, an image smaller than `min_image_side`), its [inputs] "
+    "policy is `fail` (by default: a SEG that is not a lesion outline), or it is of a class "
+    "negotiated only for the node's own results and is not one; the Error Comment says which",
+    0xC001: "`truncated`: an element (Pixel Data, a fragment) ends past the end of the object",
+    0xC002: "`pixel-data`: an MG image or SEG without (integer) Pixel Data, or with an empty one",
+    0xC003: "`pixel-length`: native Pixel Data whose length is not Rows x Columns x Samples x "
+    "Bits Allocated x frames",
+    0xC004: "`fragments`: encapsulated Pixel Data whose items are malformed (not items, odd "
+    "lengths, fewer fragments than frames, a bad Basic Offset Table), or native data in a "
+    "compressed syntax (and the reverse)",
+    0xC005: "`geometry`: Rows/Columns outside 1..12288, Samples per Pixel not 1, Bits Allocated "
+    "not 8/16 (MG) or 1/8/16 (SEG), Bits Stored or High Bit inconsistent, an MG of more than "
+    "one frame",
+    0xC006: "`seg-grid`: a SEG whose per-frame functional groups are not one per frame, each "
+    "naming a segment it describes",
 }
 
 # What each [inputs] key that is not one SOP class's policy is about (NodeSCP.policies names the
@@ -191,6 +202,7 @@ class ScpFacts:
     ae_title: str
     port: int
     max_associations: int
+    max_associations_per_aet: int
     max_pdu: int
     acse_timeout: float | None
     dimse_timeout: float | None
@@ -230,7 +242,8 @@ def probe_scp() -> ScpFacts:
         own_results_only=own_only,
         ae_title=defaults.ae_title,
         port=defaults.port,
-        max_associations=ae.maximum_associations,
+        max_associations=defaults.max_associations,  # the gate's; pynetdicom's caps threads
+        max_associations_per_aet=defaults.max_associations_per_aet,
         max_pdu=ae.maximum_pdu_size,
         acse_timeout=ae.acse_timeout,
         dimse_timeout=ae.dimse_timeout,
@@ -381,7 +394,10 @@ def block_scp_association(scp: ScpFacts) -> str:
             "|---|---|",
             f"| AE title (default, `[node] ae_title`) | `{scp.ae_title}` |",
             f"| Port (default, `[node] port`) | {scp.port} |",
-            f"| Maximum number of simultaneous associations | {scp.max_associations} |",
+            f"| Maximum number of simultaneous associations (`[node] max_associations`) | "
+            f"{scp.max_associations} |",
+            f"| ... from one calling AE title (`[node] max_associations_per_aet`) | "
+            f"{scp.max_associations_per_aet} |",
             f"| Maximum PDU size received | {scp.max_pdu} bytes |",
             f"| ACSE / DIMSE / network timeout | {_seconds(scp.acse_timeout)} / "
             f"{_seconds(scp.dimse_timeout)} / {_seconds(scp.network_timeout)} |",

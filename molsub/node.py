@@ -4,11 +4,18 @@ serve = the C-STORE SCP (scp/) + its dispatcher, which hands each ready unit to 
 default, local worker processes: one for prepare and deliver, one for infer, so the model stays
 loaded in one process and a slow inference never holds up delivery. With Redis configured the
 same workers can instead run on other hosts (`molsub worker --queues infer` on a GPU host).
+
+Faults: a local worker that exits is started again (``[queue] worker_restart_limit`` times per
+``worker_restart_window_s``, then the node exits 1 for systemd to restart it); the workers die
+with the node (PR_SET_PDEATHSIG), so a node killed by SIGKILL and restarted never runs twice the
+consumers; the dispatcher offers again units a dead worker lost (scp/dispatcher.py, Stall).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import select
 import signal
 import subprocess
@@ -122,15 +129,80 @@ def _worker_command(config: NodeConfig, queues: Sequence[str]) -> list[str]:
     return cmd
 
 
-def start_local_workers(config: NodeConfig) -> list[subprocess.Popen[bytes]]:
-    """Worker processes on this host; they read the same config (file and environment).
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    Their output goes to the node's stderr: the node's stdout is for its own status lines.
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when the node dies, however it dies (Linux).
+
+    SIGKILL rather than Celery's warm SIGTERM: the node's successor must not meet a consumer
+    still finishing a task; the task's unit is offered again by the dispatcher's stall sweep.
     """
-    return [
-        subprocess.Popen(_worker_command(config, q), stdout=sys.stderr.fileno())
-        for q in LOCAL_WORKER_QUEUES
-    ]
+
+    # Loaded here, before the fork: the child only calls prctl (no locks, no imports).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the node died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_worker(config: NodeConfig, queues: Sequence[str]) -> subprocess.Popen[bytes]:
+    """One worker process on this host; it reads the same config (file and environment).
+
+    Its output goes to the node's stderr: the node's stdout is for its own status lines.
+    """
+    return subprocess.Popen(
+        _worker_command(config, queues),
+        stdout=sys.stderr.fileno(),
+        preexec_fn=_die_with_parent(os.getpid()),  # prctl and getppid only: fork-safe
+    )
+
+
+def start_local_workers(config: NodeConfig) -> list[subprocess.Popen[bytes]]:
+    """The local worker processes, one per entry of LOCAL_WORKER_QUEUES."""
+    return [start_worker(config, q) for q in LOCAL_WORKER_QUEUES]
+
+
+class WorkerSupervisor:
+    """Keeps the local workers running: one that exits is started again, unless more than
+    ``limit`` exits fell within ``window_s`` (then ``check`` says give up)."""
+
+    def __init__(self, config: NodeConfig, queues: Sequence[Sequence[str]]) -> None:
+        self.config = config
+        self.queues = [tuple(q) for q in queues]
+        self.limit = config.queue.worker_restart_limit
+        self.window_s = config.queue.worker_restart_window_s
+        self.processes = [start_worker(config, q) for q in self.queues]
+        self._exits: list[float] = []
+
+    def check(self, now: float | None = None) -> bool:
+        """Restart each worker that exited; False when the restart limit is spent."""
+        now = time.monotonic() if now is None else now
+        for index, proc in enumerate(self.processes):
+            code = proc.poll()
+            if code is None:
+                continue
+            self._exits = [t for t in self._exits if now - t < self.window_s] + [now]
+            queues = ",".join(self.queues[index])
+            if len(self._exits) > self.limit:
+                log.error(
+                    "local worker (%s) exited with %s: %d exits within %g s, more than "
+                    "[queue] worker_restart_limit %d; stopping the node",
+                    queues,
+                    code,
+                    len(self._exits),
+                    self.window_s,
+                    self.limit,
+                )
+                return False
+            log.error("local worker (%s) exited with %s; starting it again", queues, code)
+            self.processes[index] = start_worker(self.config, self.queues[index])
+        return True
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
@@ -164,7 +236,9 @@ def _own_device_uids(config: NodeConfig) -> tuple[str, ...]:
 
 
 def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT: SCP + dispatcher (+ local workers)."""
+    """Run until SIGTERM/SIGINT (exit 0): SCP + dispatcher (+ local workers). Exit 1 when the
+    local workers keep dying, so that a supervisor restarts the node."""
+    from scp.dispatcher import Stall
     from scp.server import NodeSCP
 
     if port is not None:
@@ -173,23 +247,30 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    processes = start_local_workers(config) if workers else []
+    supervisor = WorkerSupervisor(config, LOCAL_WORKER_QUEUES) if workers else None
     scp = NodeSCP(
-        config.node, enqueue, inputs=config.inputs, own_device_uids=_own_device_uids(config)
+        config.node,
+        enqueue,
+        inputs=config.inputs,
+        own_device_uids=_own_device_uids(config),
+        tls=config.tls,
     )
+    code = 0
     try:
         scp.start()
+        if scp.dispatcher is not None:
+            q = config.queue
+            scp.dispatcher.stall = Stall(q.stall_timeout_s, q.max_redeliveries)
         # The line a supervisor or a test waits for; the real port when 0 was asked for.
         print(Listening(config.node.host, scp.port, config.node.ae_title).line(), flush=True)
         while not stopping.wait(1.0):
-            for proc in processes:
-                if proc.poll() is not None:
-                    log.error("local worker exited with %s; stopping the node", proc.returncode)
-                    stopping.set()
+            if supervisor is not None and not supervisor.check():
+                code = 1
+                stopping.set()
     finally:
         scp.stop()
-        stop_processes(processes)
-    return 0
+        stop_processes(supervisor.processes if supervisor else [])
+    return code
 
 
 def serve_main(

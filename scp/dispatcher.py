@@ -7,23 +7,40 @@ between the two re-offers the unit at the next start, so ``enqueue`` must be ide
 Celery side uses the unit id as task id). Workers report how far a unit got in its
 progress.json (common/progress.py); each round moves the units in flight accordingly, so the
 database is written by this process only.
+
+A worker that dies takes its message with it (the embedded broker deletes a message file when
+a worker takes it; Redis hands it back only after the visibility timeout). So each round also
+looks for units in flight whose progress has not moved for ``Stall.timeout_s`` and offers them
+to the queue again, ``Stall.max_offers`` times at most; then the unit ends ``failed`` with the
+reason. Results have deterministic UIDs and the workers skip a unit already finished, so a unit
+offered twice is at most processed twice and its objects replaced, never duplicated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from common.progress import ProgressFiles
+from common.progress import FailureKind, ProgressFiles
 from common.settings import MissingImagesPolicy
-from common.units import Unit
+from common.units import Unit, UnitState
 from scp.state import StateDB
 
 log = logging.getLogger(__name__)
 
 EnqueueFn = Callable[[Unit], None]
+
+
+@dataclass(frozen=True)
+class Stall:
+    """When a unit in flight counts as lost ([queue] stall_timeout_s, max_redeliveries)."""
+
+    timeout_s: float
+    max_offers: int
 
 
 class Dispatcher:
@@ -37,6 +54,7 @@ class Dispatcher:
         poll_s: float = 1.0,
         progress: ProgressFiles | None = None,
         missing_images: MissingImagesPolicy = MissingImagesPolicy.TIMEOUT,
+        stall: Stall | None = None,
     ) -> None:
         self.db = db
         self.progress = progress
@@ -44,6 +62,8 @@ class Dispatcher:
         self.enqueue = enqueue
         self.study_timeout_s = study_timeout_s
         self.poll_s = poll_s
+        # None: no sweep. `molsub serve` sets it once started (the SCP builds the dispatcher).
+        self.stall = stall
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +98,7 @@ class Dispatcher:
                 self.study_timeout_s,
             )
         self.follow_progress()
+        self.sweep_stalled(now)
         enqueued = []
         for unit in self.db.ready_units():
             if self._stop.is_set():
@@ -112,6 +133,65 @@ class Dispatcher:
                 log.info("unit %s done", unit.unit_id)
             moved.append(unit)
         return moved
+
+    def last_activity(self, unit: Unit) -> float:
+        """When the unit last moved: its state in the database, or a worker writing its
+        progress.json or status.json (each delivery attempt does)."""
+        last = max([unit.updated_at, *unit.times.values()])
+        if self.progress is not None:
+            folder = self.progress.path(unit.unit_id).parent
+            for name in ("progress.json", "status.json"):
+                with contextlib.suppress(OSError):  # not written (yet)
+                    last = max(last, (folder / name).stat().st_mtime)
+        return last
+
+    def sweep_stalled(self, now: float | None = None) -> list[str]:
+        """Offer again each unit in flight with no progress for the stall timeout; fail it
+        once its offers are spent. Returns the ids offered again."""
+        if self.stall is None:
+            return []
+        now = time.time() if now is None else now
+        offered = []
+        for unit in self.db.in_flight_units():
+            if self._stop.is_set():
+                break
+            idle = now - self.last_activity(unit)
+            if idle < self.stall.timeout_s:
+                continue
+            offers = self.db.offers(unit.unit_id)
+            if offers >= self.stall.max_offers:
+                self._fail_stalled(unit, idle, offers)
+                continue
+            try:
+                self.enqueue(unit)
+            except Exception:
+                log.exception("unit %s: offering it again failed; will retry", unit.unit_id)
+                break
+            detail = (
+                f"no progress for {idle:.0f} s in state {unit.state}: offered to the queue "
+                f"again ({offers + 1} of {self.stall.max_offers})"
+            )
+            if self.db.mark_reoffered(unit.unit_id, detail, now):
+                log.warning("unit %s %s", unit.unit_id, detail)
+                offered.append(unit.unit_id)
+        return offered
+
+    def _fail_stalled(self, unit: Unit, idle: float, offers: int) -> None:
+        reason = (
+            f"no progress for {idle:.0f} s in state {unit.state} after {offers} re-offer(s): "
+            "a worker died or a stage took longer than [queue] stall_timeout_s "
+            "(`molsub retry` runs it again)"
+        )
+        if self.progress is not None:
+            # Workers skip a unit whose progress is final: a late run cannot undo this.
+            try:
+                self.progress.advance(
+                    unit.unit_id, UnitState.FAILED, reason=reason, failure=FailureKind.TRANSIENT
+                )
+            except OSError as exc:
+                log.warning("unit %s: progress.json not written (%s)", unit.unit_id, exc)
+        if self.db.set_state(unit.unit_id, UnitState.FAILED, f"{FailureKind.TRANSIENT}: {reason}"):
+            log.error("unit %s failed: %s", unit.unit_id, reason)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -17,19 +17,28 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
+import threading
 from collections.abc import Collection
+from typing import Any
 
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from common.errors import InputError
 from common.inputs import NODE_OUTPUT_SOP_CLASSES
+from common.private import make_private
 from common.progress import ProgressFiles
-from common.settings import CONTENT_POLICIES, InputPolicy, InputSettings, NodeSettings
+from common.settings import (
+    CONTENT_POLICIES,
+    InputPolicy,
+    InputSettings,
+    NodeSettings,
+    TlsSettings,
+)
 from common.sop_classes import (
     BREAST_PROJECTION_FOR_PRESENTATION,
     BREAST_PROJECTION_FOR_PROCESSING,
@@ -40,9 +49,15 @@ from common.sop_classes import (
     SECONDARY_CAPTURE,
     SEGMENTATION,
 )
+from common.tls import server_context
+from common.uids import is_valid_uid
+from scp.association import AssociationGate, GuardedServer, Limits, parse_peers
 from scp.dispatcher import Dispatcher, EnqueueFn
-from scp.spool import NotMatchingSopClass, Spool, own_result_of
+from scp.partial_files import PartialFiles
+from scp.retention import HOUR_S, RetentionSweeper
+from scp.spool import Spool, own_result_of
 from scp.state import StateDB
+from scp.validate import Check, InvalidObject
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +80,16 @@ TRANSFER_SYNTAXES = (
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_NOT_MATCHING_SOP_CLASS = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_CANNOT_UNDERSTAND = 0xC000  # also Check.PARSE
+# scp/validate.py: one 0xC0xx status per structural check (the Error Comment names it too).
+STATUS_TRUNCATED = Check.TRUNCATED.status
+STATUS_NO_PIXEL_DATA = Check.PIXEL_DATA.status
+STATUS_PIXEL_LENGTH = Check.PIXEL_LENGTH.status
+STATUS_BAD_FRAGMENTS = Check.FRAGMENTS.status
+STATUS_IMPLAUSIBLE_GEOMETRY = Check.GEOMETRY.status
+STATUS_SEG_GRID = Check.SEG_GRID.status
+# pynetdicom's thread ceiling: connections still negotiating count there, not in the gate.
+CONNECTIONS_PER_ASSOCIATION = 4
 
 
 class NodeSCP:
@@ -80,6 +103,7 @@ class NodeSCP:
         inputs: InputSettings | None = None,
         poll_s: float = 1.0,
         own_device_uids: Collection[str] = (),
+        tls: TlsSettings | None = None,
     ) -> None:
         self.settings = settings
         self.inputs = inputs or InputSettings()
@@ -112,8 +136,12 @@ class NodeSCP:
         self._poll_s = poll_s
         self.db: StateDB | None = None
         self.dispatcher: Dispatcher | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: GuardedServer | None = None
+        self.gate: AssociationGate | None = None
         self._chunked_before = False
+        self.tls = tls or TlsSettings()  # [tls]: the port speaks TLS only when enabled
+        self._partial_files = PartialFiles(self.spool.tmp_dir)
+        self.retention: RetentionSweeper | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -124,6 +152,7 @@ class NodeSCP:
         node = self.settings
         self.spool.clear_temporary()
         self.db = StateDB(self.spool.layout.state_db, self.spool.root)
+        make_private(self.spool.root)  # patient data: 0700/0600, whatever made it before
         self.dispatcher = Dispatcher(
             self.db,
             self._enqueue,
@@ -135,30 +164,76 @@ class NodeSCP:
         # Module-level pynetdicom switch: received datasets go to a file, not memory.
         self._chunked_before = _config.STORE_RECV_CHUNKED_DATASET
         _config.STORE_RECV_CHUNKED_DATASET = True
+        self._partial_files.install()  # ... and that file is made in SPOOL/tmp
         ae = AE(ae_title=node.ae_title)
         ae.add_supported_context(Verification)
         for sop_class in self.negotiated_sop_classes():
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        ae.require_calling_aet = list(node.allowed_calling_aets)
+        # The gate (EVT_REQUESTED) checks AE titles, peers and counts; pynetdicom's own limit
+        # only caps connection threads, negotiating ones included.
+        ae.maximum_associations = node.max_associations * CONNECTIONS_PER_ASSOCIATION + 16
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.network_timeout = node.network_timeout_s
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        self.gate = AssociationGate(
+            node.ae_title,
+            node.max_associations,
+            node.max_associations_per_aet,
+            node.check_called_aet,
+            tuple(node.allowed_calling_aets),
+            parse_peers(node.allowed_peers),
+        )
         self.ae = ae
         try:
-            self._server = ae.start_server(
-                (node.host, node.port),
-                block=False,
-                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+            self._server = self._listen(
+                ae,
+                [
+                    (evt.EVT_REQUESTED, self.gate.handle),
+                    (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_CONN_CLOSE, PartialFiles.on_close),
+                ],
+                ssl_context=server_context(self.tls) if self.tls.enabled else None,
             )
         except BaseException:
             _config.STORE_RECV_CHUNKED_DATASET = self._chunked_before
+            self._partial_files.uninstall()
             self.db.close()
             raise
         self.dispatcher.start()
+        if node.retention_hours > 0:
+            self.retention = RetentionSweeper(
+                self.db, self.spool.root, node.retention_hours * HOUR_S
+            )
+            self.retention.start()
         log.info(
-            "SCP %s listening on %s:%d, spool %s",
+            "SCP %s listening on %s:%d%s, spool %s",
             node.ae_title,
             node.host,
             self.port,
+            " (TLS)" if self.tls.enabled else "",
             self.spool.root,
         )
+
+    def _listen(
+        self, ae: AE, handlers: list[Any], *, ssl_context: ssl.SSLContext | None
+    ) -> GuardedServer:
+        """``ae.start_server(block=False)`` with GuardedServer: reads with deadlines, PDU
+        limits (scp/association.py)."""
+        node = self.settings
+        limits = Limits(node.acse_timeout_s, node.network_timeout_s, node.max_pdu_bytes)
+        server = ae.make_server(
+            (node.host, node.port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=GuardedServer,
+            limits=limits,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="NodeSCP-acceptor")
+        thread.daemon = True
+        thread.start()
+        ae._servers.append(server)  # as start_server does: shutdown() removes it from there
+        return server
 
     def stop(self) -> None:
         """Stop listening (open associations end), then the dispatcher; the spool stays."""
@@ -166,6 +241,10 @@ class NodeSCP:
             self._server.shutdown()
             self._server = None
             _config.STORE_RECV_CHUNKED_DATASET = self._chunked_before
+            self._partial_files.uninstall()
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
@@ -198,7 +277,17 @@ class NodeSCP:
     # -- C-STORE -------------------------------------------------------------------------------
 
     def _handle_store(self, event: evt.Event) -> Dataset | int:
-        request_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        """The C-STORE handler: never raises (pynetdicom would answer 0xC211 without a why)."""
+        try:
+            return self._store(event)
+        except Exception as exc:  # noqa: BLE001 - a reason and 0xC000 beat pynetdicom's 0xC211
+            log.error(
+                "C-STORE of %s: unexpected %s; refused", _object_name(event), type(exc).__name__
+            )
+            return _status(STATUS_CANNOT_UNDERSTAND, "parse: object could not be read")
+
+    def _store(self, event: evt.Event) -> Dataset | int:
+        request_uid = _object_name(event)
         calling = event.assoc.requestor.ae_title
         assert self.db is not None and self.dispatcher is not None
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
@@ -227,9 +316,9 @@ class NodeSCP:
                 move=True,
                 min_image_side=self.inputs.min_image_side,
             )
-        except NotMatchingSopClass as exc:
+        except InvalidObject as exc:
             log.warning("C-STORE from %s refused: %s", calling, exc)
-            return _status(STATUS_NOT_MATCHING_SOP_CLASS, exc.reason)
+            return _status(exc.check.status, exc.reason)
         except InputError as exc:
             log.warning("C-STORE from %s refused: %s", calling, exc)
             return _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
@@ -273,6 +362,16 @@ class NodeSCP:
             "C-STORE of %s from %s not processed ([inputs] %s): %s", uid, calling, kind, reason
         )
         return _status(STATUS_CANNOT_UNDERSTAND, reason)
+
+
+def _object_name(event: evt.Event) -> str:
+    """How logs name the object of a C-STORE: its SOP Instance UID from the request, or the
+    association (peer address) and message ID when that is not a valid UID."""
+    uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+    if is_valid_uid(uid):
+        return uid
+    requestor = event.assoc.requestor
+    return f"(association {requestor.address}:{requestor.port}, message {event.request.MessageID})"
 
 
 def _status(code: int, comment: str) -> Dataset:

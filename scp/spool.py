@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from common.durable import fsync_directory
 from common.errors import InputError
@@ -32,20 +31,13 @@ from common.sop_classes import (
 )
 from common.spool_layout import SpoolLayout
 from common.uids import is_valid_uid
+from scp.validate import check_object, quiet_parsing, read_header
 
 log = logging.getLogger(__name__)
 
 ACCEPTED_SOP_CLASSES = (MG_FOR_PRESENTATION, MG_FOR_PROCESSING, SEGMENTATION)
 
 _COPY_CHUNK = 1 << 20
-# Values this large are skipped, not read: Pixel Data is seen (its presence and length) without
-# a 30 MB mammogram coming into memory.
-_DEFER_SIZE = 1 << 16
-
-
-class NotMatchingSopClass(InputError):
-    """The object lacks what its SOP class requires (an MG image without Pixel Data): the
-    SCP answers 0xA900, "Data Set does not match SOP Class"."""
 
 
 @dataclass(frozen=True)
@@ -64,75 +56,62 @@ class ObjectInfo:
 
 
 def read_object_info(path: Path, fallback_uid: str = "", *, min_image_side: int = 1) -> ObjectInfo:
-    """The UIDs of a stored object, read with pydicom without loading its pixel data.
+    """The UIDs of a stored object, read with pydicom without loading its pixel data, after the
+    structural checks of scp/validate.py.
 
     Raises InputError naming the SOP Instance UID (or ``fallback_uid``, the one in the C-STORE
-    request, when the object has none) and what is wrong; NotMatchingSopClass for an MG image
-    without Pixel Data or Rows/Columns. An MG image with a side under ``min_image_side`` cannot
-    hold a lesion crop and is refused too.
+    request, when the object has none) and what is wrong: InvalidObject (a subclass) when a
+    check failed. An MG image with a side under ``min_image_side`` cannot hold a lesion crop
+    and is refused too.
     """
-    try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
-        reason = f"not a readable DICOM object: {exc}"
-        raise InputError(fallback_uid or "(unknown)", reason) from None
+    name = fallback_uid or "(unknown)"
+    ds = read_header(path, name)
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-    uid_for_errors = sop_uid or fallback_uid or "(unknown)"
+    uid_for_errors = sop_uid if is_valid_uid(sop_uid) else name
     if not is_valid_uid(sop_uid):
         raise InputError(uid_for_errors, "missing or invalid SOP Instance UID")
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if sop_class not in ACCEPTED_SOP_CLASSES:
-        raise InputError(sop_uid, f"SOP Class UID {sop_class or '(none)'} is not accepted here")
+        shown = sop_class if is_valid_uid(sop_class) else "(none or invalid)"
+        raise InputError(sop_uid, f"SOP Class UID {shown} is not accepted here")
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
     if not is_valid_uid(study_uid):
         raise InputError(sop_uid, "missing or invalid Study Instance UID")
-    if sop_class in MG_SOP_CLASSES:
-        _check_image(ds, sop_uid, min_image_side)
-    refs: tuple[str, ...] = ()
-    not_lesion = ""
-    if sop_class == SEGMENTATION:
-        refs = tuple(referenced_image_uids(ds))
-        if not refs:
-            raise InputError(sop_uid, "SEG references no source image")
-        bad = [r for r in refs if not is_valid_uid(r)]
-        if bad:
-            raise InputError(sop_uid, f"SEG references invalid UID(s) {bad}")
-        not_lesion = non_lesion_reason(ds)
+    with quiet_parsing():
+        check_object(ds, path, sop_uid, sop_class)
+        if sop_class in MG_SOP_CLASSES:
+            _check_image_side(ds, sop_uid, min_image_side)
+        refs: tuple[str, ...] = ()
+        not_lesion = ""
+        if sop_class == SEGMENTATION:
+            refs = tuple(referenced_image_uids(ds))
+            if not refs:
+                raise InputError(sop_uid, "SEG references no source image")
+            if not all(is_valid_uid(r) for r in refs):
+                raise InputError(sop_uid, "SEG references an invalid UID")
+            not_lesion = non_lesion_reason(ds)
     return ObjectInfo(sop_uid, sop_class, study_uid, refs, not_lesion)
 
 
-def _check_image(ds: pydicom.Dataset, sop_uid: str, min_side: int) -> None:
-    """Pixel Data present and not empty, Rows and Columns at least ``min_side``; read from the
-    header and the deferred Pixel Data element's length, never from the pixels."""
-    if _pixel_data_length(ds) == 0:
-        raise NotMatchingSopClass(sop_uid, "MG image has no Pixel Data")
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    if not (rows and cols):
-        raise NotMatchingSopClass(sop_uid, "MG image has no Rows/Columns")
+def _check_image_side(ds: pydicom.Dataset, sop_uid: str, min_side: int) -> None:
+    """Rows and Columns at least ``min_side`` ([inputs] min_image_side: policy, not structure;
+    check_object has already made sure both are there and plausible)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
     if min(rows, cols) < min_side:
         raise InputError(
             sop_uid, f"image {rows}x{cols} px (rows x columns) under min_image_side {min_side} px"
         )
 
 
-def _pixel_data_length(ds: pydicom.Dataset) -> int:
-    """The Pixel Data element's length as the file gives it (0: absent or empty), read from
-    the raw element so that a deferred value stays on disk."""
-    if "PixelData" not in ds:
-        return 0
-    elem = ds.get_item("PixelData", keep_deferred=True)
-    length = getattr(elem, "length", None)  # a raw element; a converted one has its value
-    return int(length) if length is not None else len(elem.value or b"")
-
-
 def own_result_of(path: Path, device_uids: Collection[str] = ()) -> str:
     """Why the object at ``path`` is a result of this node (common/inputs.py), or "" when it is
     not or cannot be read (what is unreadable is refused later, when it is spooled)."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError, OSError):
-        return ""
-    return own_result_reason(ds, device_uids)
+    with quiet_parsing():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return own_result_reason(ds, device_uids)
+        except Exception:  # noqa: BLE001 - an unreadable object is judged when it is spooled
+            return ""
 
 
 class Spool:

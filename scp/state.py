@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS units (
     updated_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    times TEXT NOT NULL DEFAULT '{}'
+    times TEXT NOT NULL DEFAULT '{}',
+    offers INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS unit_refs (
     unit_id TEXT NOT NULL REFERENCES units(unit_id),
@@ -84,6 +85,8 @@ class StateDB:
             columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(units)")}
             if "times" not in columns:  # a spool from before the unit timings
                 self._conn.execute("ALTER TABLE units ADD COLUMN times TEXT NOT NULL DEFAULT '{}'")
+            if "offers" not in columns:  # a spool from before the stall sweep
+                self._conn.execute("ALTER TABLE units ADD COLUMN offers INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -219,8 +222,42 @@ class StateDB:
         return f"incomplete after {timeout_s:g} s: image(s) {', '.join(missing)} never arrived"
 
     def mark_enqueued(self, unit_id: str, now: float | None = None) -> bool:
-        """ready -> enqueued; False if the unit was not ready (nothing changed)."""
-        return self._move(unit_id, READY, ENQUEUED, "", now)
+        """ready -> enqueued (its re-offers counted from 0); False if the unit was not ready."""
+        now = time.time() if now is None else now
+        with self._transaction() as cur:
+            return (
+                cur.execute(
+                    f"UPDATE units SET state = ?, detail = '', updated_at = ?, offers = 0, "
+                    f"{_TIMES} WHERE unit_id = ? AND state = ?",
+                    (ENQUEUED, now, ENQUEUED, now, unit_id, READY),
+                ).rowcount
+                == 1
+            )
+
+    def offers(self, unit_id: str) -> int:
+        """How often a stalled unit was offered to the queue again since it was enqueued."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT offers FROM units WHERE unit_id = ?", (unit_id,)
+            ).fetchone()
+            return int(row["offers"]) if row else 0
+
+    def mark_reoffered(self, unit_id: str, detail: str, now: float | None = None) -> int:
+        """A stalled unit in flight went to the queue again: back to ``enqueued``, its stall
+        timer restarted, one more offer counted (returned; 0 if it was no longer in flight)."""
+        now = time.time() if now is None else now
+        in_flight = [s for s in UnitState if s.in_flight]
+        with self._transaction() as cur:
+            moved = cur.execute(
+                "UPDATE units SET state = ?, detail = ?, updated_at = ?, offers = offers + 1 "
+                f"WHERE unit_id = ? AND state IN ({', '.join('?' for _ in in_flight)})",
+                (ENQUEUED, detail, now, unit_id, *in_flight),
+            ).rowcount
+            if not moved:
+                return 0
+            return int(
+                cur.execute("SELECT offers FROM units WHERE unit_id = ?", (unit_id,)).fetchone()[0]
+            )
 
     def set_state(
         self, unit_id: str, state: UnitState, detail: str = "", now: float | None = None
@@ -257,8 +294,8 @@ class StateDB:
         with self._transaction() as cur:
             return (
                 cur.execute(
-                    "UPDATE units SET state = ?, detail = '', updated_at = ?, times = ? "
-                    "WHERE unit_id = ? AND state IN (?, ?)",
+                    "UPDATE units SET state = ?, detail = '', updated_at = ?, times = ?, "
+                    "offers = 0 WHERE unit_id = ? AND state IN (?, ?)",
                     (READY, now, json.dumps({READY: now}), unit_id, UnitState.FAILED, TIMED_OUT),
                 ).rowcount
                 == 1
@@ -311,6 +348,74 @@ class StateDB:
     def count_instances(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+    # -- retention and purge (scp/retention.py, molsub/purge.py) -------------------------------
+
+    def delivered_before(self, cutoff: float) -> list[Unit]:
+        """Units done (results sent to every destination) at or before ``cutoff`` that still
+        have a spooled object: what the retention policy removes."""
+        sql = (
+            "SELECT * FROM units u WHERE u.state = ? AND "
+            "COALESCE(json_extract(u.times, '$.done'), u.updated_at) <= ? AND ("
+            "EXISTS (SELECT 1 FROM instances i WHERE i.sop_uid = u.seg_uid) OR EXISTS "
+            "(SELECT 1 FROM unit_refs r JOIN instances i USING (sop_uid) "
+            "WHERE r.unit_id = u.unit_id)) ORDER BY u.created_at, u.unit_id"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (UnitState.DONE, cutoff)).fetchall()
+            return [self._unit(r) for r in rows]
+
+    def uids_to_keep(self, unit_ids: Collection[str], received_after: float) -> set[str]:
+        """SOP Instance UIDs that retention keeps although units ``unit_ids`` are due: those of
+        any other unit, and any object (re)received after ``received_after``."""
+        ids = list(unit_ids)
+        marks = ", ".join("?" for _ in ids) or "''"
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT seg_uid AS uid FROM units WHERE unit_id NOT IN ({marks}) UNION "
+                f"SELECT sop_uid FROM unit_refs WHERE unit_id NOT IN ({marks}) UNION "
+                "SELECT sop_uid FROM instances WHERE received_at > ?",
+                (*ids, *ids, received_after),
+            ).fetchall()
+        return {r["uid"] for r in rows}
+
+    def forget_instances(self, sop_uids: Collection[str]) -> int:
+        """Delete the rows of objects removed from the spool; returns how many went."""
+        with self._transaction() as cur:
+            return cur.executemany(
+                "DELETE FROM instances WHERE sop_uid = ?", [(u,) for u in sop_uids]
+            ).rowcount
+
+    def study_paths(self, study_uid: str) -> list[Path]:
+        """Where the study's recorded objects are (``molsub purge``)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT path FROM instances WHERE study_uid = ?", (study_uid,)
+            ).fetchall()
+        return [self.root / r["path"] for r in rows]
+
+    def study_units(self, study_uid: str) -> list[Unit]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM units WHERE study_uid = ? ORDER BY created_at, unit_id",
+                (study_uid,),
+            ).fetchall()
+            return [self._unit(r) for r in rows]
+
+    def delete_study(self, study_uid: str) -> tuple[int, int]:
+        """Delete every row of a study: instances, units and their references (``molsub
+        purge``); returns (instances, units) deleted."""
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM unit_refs WHERE unit_id IN "
+                "(SELECT unit_id FROM units WHERE study_uid = ?)",
+                (study_uid,),
+            )
+            units = cur.execute("DELETE FROM units WHERE study_uid = ?", (study_uid,)).rowcount
+            instances = cur.execute(
+                "DELETE FROM instances WHERE study_uid = ?", (study_uid,)
+            ).rowcount
+        return instances, units
 
     def _unit(self, row: sqlite3.Row) -> Unit:
         refs = tuple(json.loads(row["referenced_uids"]))

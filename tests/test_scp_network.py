@@ -620,7 +620,7 @@ def _ge_without_pixels(samples_dir: Path, folder: Path) -> Path:
             "Error: CannotUnderstand",
             "image 1x2 px (rows x columns) under min_image_side 64 px",
         ),
-        ("no PixelData", "Error: DataSetDoesNotMatchSOPClass", "MG image has no Pixel Data"),
+        ("no PixelData", "Error: CannotUnderstand", "pixel-data: no integer Pixel Data"),
     ],
 )
 def test_real_ge_header_without_a_usable_image_refused(

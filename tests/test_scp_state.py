@@ -17,13 +17,13 @@ from scp import spool as spool_module
 from scp.dispatcher import Dispatcher
 from scp.spool import (
     SEGMENTATION,
-    NotMatchingSopClass,
     ObjectInfo,
     Spool,
     own_result_of,
     read_object_info,
 )
 from scp.state import StateDB, format_units, unit_status
+from scp.validate import InvalidObject
 from tests.factories import MG_FOR_PRESENTATION, disk_mask, make_mg, make_seg, roundtrip
 
 STUDY = "1.2.3.4"
@@ -81,7 +81,7 @@ def test_image_checks_read_the_header_only(tmp_path: Path) -> None:
         read_object_info(path, min_image_side=201)
     mg.PixelData = b""
     mg.save_as(path, enforce_file_format=True)
-    with pytest.raises(NotMatchingSopClass, match="no Pixel Data"):
+    with pytest.raises(InvalidObject, match="pixel-data: Pixel Data is empty"):
         read_object_info(path)
     seg = make_seg([mg], [disk_mask((256, 200), (100, 100), 20)])
     seg.SegmentationType = "FRACTIONAL"

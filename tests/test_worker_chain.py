@@ -226,8 +226,11 @@ def test_embedded_broker_chain_retries_fail_then_resend(tmp_path: Path) -> None:
         assert "not received" in store.status(bad_id)["error"]
 
         # Re-enqueueing the same unit rebuilds identical objects and sends nothing twice.
+        # Its progress is cleared first, as `molsub retry` does: the workers skip a unit that
+        # already ended (a message redelivered after a worker died).
         first = store.status(unit_id)["recorded"]
         time.sleep(1.1)
+        ProgressFiles(spool).clear(unit_id)
         enqueue_unit(app, unit_id, seg_path, image_paths)
         wait_for(lambda: store.status(unit_id)["recorded"] != first, 30, "the re-run")
         time.sleep(1.0)

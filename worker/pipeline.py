@@ -204,7 +204,14 @@ class Pipeline:
     results_stage: ResultsStage = field(default=results)
 
     def prepare(self, seg: Dataset, images: Mapping[str, Dataset]) -> PreparedUnit:
-        return self.prepare_stage(seg, images, self.model.info())
+        """Crops of every segment; a SEG without one fails here, not later in the results."""
+        unit = self.prepare_stage(seg, images, self.model.info())
+        if not unit.rois:
+            raise InputError(
+                str(seg.get("SOPInstanceUID", "")),
+                "SEG has no segment to measure (empty SegmentSequence)",
+            )
+        return unit
 
     def infer(self, unit: PreparedUnit) -> tuple[list[RoiPrediction], BundleInfo]:
         """Every task network and Grad-CAM on the unit's crops, and the bundle that ran."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from common.settings import Destination, NodeConfig
 from common.spool_layout import SpoolLayout
-from worker.delivery.store import DestinationState, ResultStore
+from worker.delivery.store import DestinationState, ResultNotFound, ResultStore
 from worker.delivery.targets import DeliveryError, send_to_destination
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ def resend(
     ``failed`` so that a later resend tries them again. Raises ResultNotFound for an unknown unit.
     """
     store = result_store(config)
+    if store.status(unit_id).get("objects") and not store.has_objects(unit_id):
+        raise ResultNotFound(
+            unit_id, store.root, "result objects deleted (retention_hours, or molsub purge)"
+        )
     outcome = deliver_recorded(
         store,
         unit_id,

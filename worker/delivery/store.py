@@ -47,9 +47,9 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 class ResultNotFound(LookupError):
     """No result is recorded for the unit (never processed here, or another spool)."""
 
-    def __init__(self, unit_id: str, root: Path) -> None:
+    def __init__(self, unit_id: str, root: Path, why: str = "") -> None:
         self.unit_id = unit_id
-        super().__init__(f"unit {unit_id}: no result recorded under {root}")
+        super().__init__(f"unit {unit_id}: {why or 'no result recorded'} under {root}")
 
 
 def dataset_bytes(ds: Dataset) -> bytes:

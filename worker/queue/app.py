@@ -139,7 +139,12 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
     def guarded(task: Task, unit_id: str, stage: Stage, limit: int, run: Callable[[], T]) -> T:
         """Run one stage of a unit. A permanent failure ends the unit at once; a transient one
         is retried by Celery with backoff and ends the unit when ``limit`` retries are spent.
-        Either way the unit ends ``failed`` with the reason, and the chain stops."""
+        Either way the unit ends ``failed`` with the reason, and the chain stops. A unit that
+        already ended (a message delivered again after a worker died) is skipped."""
+        finished = handlers.finished(unit_id)
+        if finished is not None:
+            log.info("unit %s already %s: %s skipped", unit_id, finished, stage)
+            raise Ignore()
         try:
             return run()
         except Exception as exc:

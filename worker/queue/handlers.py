@@ -9,6 +9,7 @@ networks, deliver needs no bundle at all (the bundle's description comes with th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ from worker.pipeline import BundleModel, Pipeline, read_unit_files, results_stag
 from worker.queue import messages
 
 log = logging.getLogger(__name__)
+
+# Fault tests only: infer sleeps this many seconds first, so that a test can kill the worker
+# while a unit is in inference. Unset in production.
+INFER_DELAY_ENV = "MOLSUB_FAULT_INFER_DELAY_S"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,12 @@ class StageHandlers:
         objects stay where they are (``molsub retry UNIT`` runs it again)."""
         log.error("unit %s failed (%s): %s", unit_id, kind, reason)
         self.progress.advance(unit_id, UnitState.FAILED, reason=reason, failure=kind)
+
+    def finished(self, unit_id: str) -> UnitState | None:
+        """The unit's final state when it already ended (a redelivered or re-offered message
+        then does nothing); None when not, or where this host cannot see the spool."""
+        progress = self.progress.read(unit_id)
+        return progress.state if progress is not None and progress.final else None
 
     def done(self, unit_id: str) -> None:
         self.progress.advance(unit_id, UnitState.DONE)
@@ -111,6 +122,10 @@ class StageHandlers:
     def infer(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """prepare message -> deliver message (the same unit plus predictions and bundle info)."""
         messages.check_version(message)
+        log.info("unit %s: infer started", message["unit_id"])
+        delay = float(os.environ.get(INFER_DELAY_ENV) or 0)
+        if delay > 0:
+            time.sleep(delay)
         predictions, info = self.pipeline.infer(messages.decode_unit(message))
         log.info("unit %s inferred: %d prediction(s)", message["unit_id"], len(predictions))
         return {**messages.inferred_message(message, predictions, info), "inferred_at": time.time()}

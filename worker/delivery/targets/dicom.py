@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -27,6 +28,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
 from common.settings import Destination
+from common.tls import TlsConfigError, client_tls_args
 from worker.delivery.targets.base import DeliveryError
 from worker.delivery.targets.dicom_causes import (
     abort_words,
@@ -61,6 +63,10 @@ def store_scu(destination: Destination, paths: Sequence[Path], *, calling_ae: st
     if not (destination.ae_title and destination.host and destination.port):
         raise DeliveryError(destination.name, "neither a folder nor ae_title + host + port")
     datasets = [_read(destination, path) for path in paths]
+    try:
+        tls_args = client_tls_args(destination)
+    except TlsConfigError as exc:
+        raise DeliveryError(destination.name, f"TLS not configured: {exc}") from exc
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = ae.acse_timeout = destination.acse_timeout_s
     ae.dimse_timeout = destination.dimse_timeout_s
@@ -68,7 +74,7 @@ def store_scu(destination: Destination, paths: Sequence[Path], *, calling_ae: st
     for sop_class, syntaxes in _requested_contexts(datasets).items():
         ae.add_requested_context(sop_class, syntaxes)
     watch = _Watch(destination.network_timeout_s)
-    assoc = _associate(ae, destination, watch)
+    assoc = _associate(ae, destination, watch, tls_args)
     try:
         _check_contexts(destination, assoc, datasets)
         for ds in datasets:
@@ -152,8 +158,16 @@ class _ConnectErrors(logging.Handler):
                 self.by_thread[record.thread] = message.removeprefix(CONNECT_ERROR_PREFIX).strip()
 
 
-def _associate(ae: AE, destination: Destination, watch: _Watch) -> Association:
-    """An established association, or a DeliveryError saying why the peer did not give one."""
+def _associate(
+    ae: AE,
+    destination: Destination,
+    watch: _Watch,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
+) -> Association:
+    """An established association, or a DeliveryError saying why the peer did not give one.
+
+    With ``tls_args`` the connection is DICOM TLS; a handshake that fails (the peer's
+    certificate untrusted or not for its name, no common TLS version) is reported as such."""
     where = peer_name(destination)
     capture = _ConnectErrors()
     transport_log = logging.getLogger(TRANSPORT_LOGGER)
@@ -165,6 +179,7 @@ def _associate(ae: AE, destination: Destination, watch: _Watch) -> Association:
             int(destination.port or 0),
             ae_title=str(destination.ae_title),
             evt_handlers=watch.handlers(),
+            tls_args=tls_args,
         )
     finally:
         transport_log.removeHandler(capture)
@@ -172,14 +187,16 @@ def _associate(ae: AE, destination: Destination, watch: _Watch) -> Association:
         return assoc
     elapsed = time.monotonic() - started
     answer = assoc.acceptor.primitive
+    error = capture.by_thread.get(assoc.dul.ident, "")
     if assoc.is_rejected and answer is not None:
         why = (
             "rejected ("
             + rejection_words(answer.result, answer.result_source, answer.diagnostic)
             + ")"
         )
+    elif not watch.connected and tls_args is not None and _is_tls_error(error):
+        why = f"not opened: TLS handshake failed ({error})"
     elif not watch.connected:
-        error = capture.by_thread.get(assoc.dul.ident)
         why = "not opened: no TCP connection" + (
             f" ({error})" if error else f" within acse_timeout_s = {destination.acse_timeout_s:g} s"
         )
@@ -198,7 +215,14 @@ def _associate(ae: AE, destination: Destination, watch: _Watch) -> Association:
         )
     else:
         why = "request not answered: the peer closed the connection (A-P-ABORT)"
+        if tls_args is not None:  # TLS 1.3: a refused client certificate shows only now
+            why += "; over TLS, the peer may have refused this node's certificate"
     raise DeliveryError(destination.name, f"association with {where} {why}")
+
+
+def _is_tls_error(text: str) -> bool:
+    """pynetdicom's connect error text is an ssl.SSLError's ("[SSL: ...]", "... (_ssl.c:...)")."""
+    return "[SSL" in text or "_ssl.c" in text or "SSL" in text.split(":", 1)[0]
 
 
 def _check_contexts(
