@@ -6,9 +6,10 @@ The same N SYNTHETIC MG For Presentation files (4096 rows x 3328 columns, 16 bit
 Explicit VR Little Endian, about 27 MB each, random pixels) are sent by dcmtk's ``storescu`` in
 one association per run to:
 
-- ``storescp``: dcmtk's storescp (plain, single process, ``-od DIR``), the reference. It does
-  NOT fsync: dcmtk offers no fsync option, so it answers success once the file is in the page
-  cache. This is the upper bound for "receive and write a file".
+- ``storescp``: dcmtk's storescp (plain, single process, ``-od DIR -pdu P``, P the node's max
+  PDU by default), the reference. It does NOT fsync: dcmtk offers no fsync option, so it
+  answers success once the file is in the page cache. This is the upper bound for "receive and
+  write a file".
 - ``node``: ``molsub serve --config node.toml --no-workers`` (what deploy/ runs as the SCP
   service), embedded broker, a fresh spool. It answers success only after the object is fsynced
   and renamed into the spool and its folders are fsynced (scp/spool.py), and is measured so.
@@ -60,6 +61,7 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 SYNTHETIC_COMMENT = "SYNTHETIC - random pixels for bench/ingest.py, not patient data"
 MB = 1_000_000
+DCMTK_MAX_PDU = 131072  # the largest max PDU dcmtk's storescp accepts (-pdu)
 
 
 @dataclass(frozen=True)
@@ -216,9 +218,11 @@ def write_sources(folder: Path, n: int, seed: int) -> list[SourceFile]:
 # Receivers
 
 
-def start_storescp(out_dir: Path, log_path: Path, *, synced: bool) -> Receiver:
+def start_storescp(out_dir: Path, log_path: Path, *, synced: bool, max_pdu: int) -> Receiver:
+    """storescp advertising ``max_pdu`` (dcmtk accepts 4096..131072; its default is 16384):
+    storescu sends PDUs of the receiver's maximum, so both receivers get the same PDUs."""
     port = free_port()
-    cmd = [dcmtk_tool("storescp"), "-aet", REF_AET, "-od", str(out_dir)]
+    cmd = [dcmtk_tool("storescp"), "-aet", REF_AET, "-od", str(out_dir), "-pdu", str(max_pdu)]
     if synced:
         # #p/#f: the folder and file just written; -xs: run it before the response goes back.
         cmd += ["-xcr", f"{shutil.which('sync') or 'sync'} #p/#f", "-xs"]
@@ -357,11 +361,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-strace", action="store_true", help="skip the fsync count")
     parser.add_argument(
+        "--storescp-pdu",
+        type=int,
+        default=min(NodeSettings().max_pdu_bytes, DCMTK_MAX_PDU),
+        help="max PDU storescp advertises (default: the node's max_pdu_bytes, at most 131072, "
+        "so both receive the same PDUs; 16384 is storescp's own default)",
+    )
+    parser.add_argument(
         "--timeout-s", type=float, default=600.0, help="limit for one storescu run (600)"
     )
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or args.timeout_s <= 0:
         parser.error("--n and --repeats must be at least 1, --timeout-s positive")
+    if not 4096 <= args.storescp_pdu <= DCMTK_MAX_PDU:
+        parser.error(f"--storescp-pdu must be in 4096..{DCMTK_MAX_PDU}")
     return args
 
 
@@ -389,7 +402,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     total = sum(s.size for s in sources)
     os.sync()
     targets = [
-        Target("storescp", "no", lambda d, log: start_storescp(d, log, synced=False)),
+        Target(
+            "storescp",
+            "no",
+            lambda d, log: start_storescp(d, log, synced=False, max_pdu=args.storescp_pdu),
+        ),
         Target("node", "yes", lambda d, log: start_node_receiver(d, log)),
     ]
     if not args.no_synced_reference:
@@ -397,7 +414,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             Target(
                 "storescp+sync",
                 "file only",
-                lambda d, log: start_storescp(d, log, synced=True),
+                lambda d, log: start_storescp(d, log, synced=True, max_pdu=args.storescp_pdu),
             )
         )
     runs_dir = workdir / "runs"
@@ -417,7 +434,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         f"16 bit, Explicit VR LE, {total / args.n / MB:.1f} MB each, {total / MB:.1f} MB per "
         f"run; one storescu association per run (-R); {args.repeats} repeat(s), median"
     )
-    print(f"host: {os.cpu_count()} CPU(s); {version}")
+    print(f"host: {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; {version}")
+    print(
+        f"max PDU advertised: node {NodeSettings().max_pdu_bytes} (its default [node] "
+        f"max_pdu_bytes), storescp {args.storescp_pdu} bytes"
+    )
     print(f"{'target':15s} {'fsync before success':22s} {'MB/s':>8s}   runs (MB/s)")
     medians: dict[str, float] = {}
     for target in targets:
