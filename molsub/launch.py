@@ -113,13 +113,11 @@ def running_node(
             proc.stdout.close()
 
 
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A redis-server on a free loopback port (never 6379), no persistence; yields its URL."""
+def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server on loopback ``port``, no persistence, answering PING (10 s at most)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed")
-    port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv: Sequence[str] = (
         binary,
@@ -139,6 +137,18 @@ def redis_server(workdir: Path) -> Iterator[str]:
                 return False
 
         wait_for(ping, 10, f"redis-server on port {port}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port (never 6379), no persistence; yields its URL."""
+    port = free_port()
+    proc = start_redis(workdir, port)
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_process(proc)

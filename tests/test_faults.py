@@ -544,29 +544,6 @@ def test_sigkill_of_serve_with_units_in_flight_and_one_half_received(
         stop_process(proc, timeout_s=90)
 
 
-def _redis_on(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    import shutil
-
-    import redis
-
-    argv = [
-        shutil.which("redis-server") or "redis-server",
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        *("--dir", str(workdir)),
-    ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    wait_for(ping, 10, f"redis-server on {port}")
-    return proc
-
-
 @pytest.mark.slow
 def test_redis_restart_with_a_unit_in_flight(
     tmp_path: Path, bundle: Path, studies: list[SynthStudy]
@@ -576,7 +553,7 @@ def test_redis_restart_with_a_unit_in_flight(
     study = studies[1]
     redis_port = free_port()
     (tmp_path / "redis").mkdir()
-    redis_proc = _redis_on(redis_port, tmp_path / "redis")
+    redis_proc = launch.start_redis(tmp_path / "redis", redis_port)
     made = FaultNode(tmp_path, bundle, broker_url=f"redis://127.0.0.1:{redis_port}/0")
     proc = None
     try:
@@ -585,7 +562,7 @@ def test_redis_restart_with_a_unit_in_flight(
         made.wait_log(f"unit {study.seg_uid}: infer started")
         stop_process(redis_proc)
         time.sleep(2)
-        redis_proc = _redis_on(redis_port, tmp_path / "redis")
+        redis_proc = launch.start_redis(tmp_path / "redis", redis_port)
         unit = made.wait_final([study.seg_uid])[study.seg_uid]
         made.assert_done_once(unit)
         assert proc.poll() is None  # the node rode it out

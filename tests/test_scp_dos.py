@@ -8,7 +8,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -31,8 +31,8 @@ StartFn = Callable[..., NodeSCP]
 
 
 @pytest.fixture
-def start_scp(tmp_path: Path) -> Iterator[StartFn]:
-    started: list[NodeSCP] = []
+def start_scp(tmp_path: Path, running_scps: StartFn) -> StartFn:
+    """Short timeouts and small limits, so that the probes end quickly."""
 
     def start(**node: object) -> NodeSCP:
         settings = {
@@ -45,14 +45,9 @@ def start_scp(tmp_path: Path) -> Iterator[StartFn]:
             "max_associations_per_aet": 2,
             **node,
         }
-        scp = NodeSCP(NodeSettings(**settings), lambda _unit: None, poll_s=0.05)
-        scp.start()
-        started.append(scp)
-        return scp
+        return running_scps(NodeSettings(**settings))
 
-    yield start
-    for scp in started:
-        scp.stop()
+    return start
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,22 +78,16 @@ StartFn = Callable[..., NodeSCP]
 
 
 @pytest.fixture
-def start_scp(tmp_path: Path) -> Iterator[StartFn]:
+def start_scp(tmp_path: Path, running_scps: StartFn) -> StartFn:
     """Start a NodeSCP on a free port over tmp_path/spool; all are stopped at teardown."""
-    started: list[NodeSCP] = []
 
     def start(
         enqueue: Callable[[Unit], None], inputs: InputSettings | None = None, **node: object
     ) -> NodeSCP:
         settings = {"port": free_port(), "spool_dir": tmp_path / "spool", **node}
-        scp = NodeSCP(NodeSettings(**settings), enqueue, inputs=inputs, poll_s=0.05)
-        scp.start()
-        started.append(scp)
-        return scp
+        return running_scps(NodeSettings(**settings), enqueue, inputs=inputs)
 
-    yield start
-    for scp in started:
-        scp.stop()
+    return start
 
 
 def write(ds: pydicom.Dataset, folder: Path, name: str) -> Path:

@@ -48,23 +48,17 @@ def mg_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_scp(tmp_path: Path, pki: Pki) -> Iterator[StartFn]:
+def start_scp(tmp_path: Path, pki: Pki, running_scps: StartFn) -> StartFn:
     """A NodeSCP with TLS on a free loopback port over tmp_path/spool (stopped at teardown)."""
-    started: list[NodeSCP] = []
 
     def start(**tls: object) -> NodeSCP:
         settings = TlsSettings(
             enabled=True, certificate=pki.node.cert, private_key=pki.node.key, ca_file=pki.ca
         )
         node = NodeSettings(port=free_port(), spool_dir=tmp_path / "spool")
-        scp = NodeSCP(node, lambda unit: None, poll_s=0.05, tls=replace(settings, **tls))
-        scp.start()
-        started.append(scp)
-        return scp
+        return running_scps(node, tls=replace(settings, **tls))
 
-    yield start
-    for scp in started:
-        scp.stop()
+    return start
 
 
 def storescu_tls(

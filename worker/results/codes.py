@@ -116,3 +116,9 @@ def coding_scheme_identification() -> Dataset:
     item.CodingSchemeVersion = SCHEME_VERSION
     item.CodingSchemeResponsibleOrganization = SCHEME_ORGANIZATION
     return item
+
+
+def concept_key(item: Dataset) -> tuple[str, str]:
+    """An SR content item's concept name as (scheme designator, code value)."""
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodingSchemeDesignator), str(code.CodeValue)

@@ -50,6 +50,7 @@ from worker.results.codes import (
     SHORT_CLASS_NAMES,
     TASK_CONCEPTS,
     VIEW_FUSION,
+    concept_key,
 )
 from worker.results.outline import lesion_box, lesion_centre, lesion_outline
 from worker.results.source_header import laterality_of, view_position_of
@@ -247,8 +248,10 @@ def _group(
     items = list(group[0].ContentSequence)
     call_names = {(c.scheme_designator, c.value) for c in [*TASK_CONCEPTS.values(), VIEW_FUSION]}
     numbers = [item for item in items if item.ValueType == "NUM"]
-    calls = [item for item in items if _concept(item) in call_names]
-    head = [item for item in items if item.ValueType != "NUM" and _concept(item) not in call_names]
+    calls = [item for item in items if concept_key(item) in call_names]
+    head = [
+        item for item in items if item.ValueType != "NUM" and concept_key(item) not in call_names
+    ]
     comment = hd.sr.TextContentItem(name=COMMENT, value=label, relationship_type="CONTAINS")
     group[0].ContentSequence = [
         *head,
@@ -259,11 +262,6 @@ def _group(
         *(item for e in explanations for item in _explanation_items(e)),
     ]
     return group
-
-
-def _concept(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptNameCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
 
 
 def _segment_frames(seg: Dataset, frames: Sequence[int]) -> hd.sr.SourceImageForMeasurementGroup:

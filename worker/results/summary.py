@@ -29,6 +29,7 @@ from worker.results.codes import (
     QUALITATIVE_EVALUATIONS,
     TASK_CONCEPTS,
     VIEW_FUSION,
+    concept_key,
 )
 
 MeasurementGroup = hd.sr.MeasurementsAndQualitativeEvaluations
@@ -85,13 +86,13 @@ class GroupValues:
 
 def group_values(group: MeasurementGroup) -> GroupValues:
     items = list(group[0].ContentSequence)
-    region = next((i for i in items if _key_of(i) == _key(IMAGE_REGION)), None)
+    region = next((i for i in items if concept_key(i) == _key(IMAGE_REGION)), None)
     if region is None:
         raise ValueError(f"group {group.tracking_identifier} has no image region")
     sources = [_referenced_uid(region.ContentSequence[0])]
     seg_uid, frames = "", ()
     for item in items:
-        if str(item.ValueType) != "IMAGE" or _key_of(item) != _key(SOURCE_OF_MEASUREMENT):
+        if str(item.ValueType) != "IMAGE" or concept_key(item) != _key(SOURCE_OF_MEASUREMENT):
             continue
         ref = item.ReferencedSOPSequence[0]
         if str(ref.ReferencedSOPClassUID) == SEGMENTATION:
@@ -116,13 +117,8 @@ def group_values(group: MeasurementGroup) -> GroupValues:
         calls=_call_indices(group),
         illustration_uid=illustration,
         heatmap=heatmap,
-        label=next((str(i.TextValue) for i in items if _key_of(i) == _key(COMMENT)), ""),
+        label=next((str(i.TextValue) for i in items if concept_key(i) == _key(COMMENT)), ""),
     )
-
-
-def _key_of(item: Dataset) -> tuple[str, str]:
-    code = item.ConceptNameCodeSequence[0]
-    return str(code.CodingSchemeDesignator), str(code.CodeValue)
 
 
 def _referenced_uid(item: Dataset) -> str:
@@ -202,7 +198,7 @@ def document_statements(sr: Dataset) -> list[Dataset]:
     """The items of the document-level Qualitative Evaluations (intended use, model status, the
     disclaimer and notes), not the groups' own comments."""
     for item in sr.get("ContentSequence", []):
-        if _key_of(item) == _key(QUALITATIVE_EVALUATIONS):
+        if concept_key(item) == _key(QUALITATIVE_EVALUATIONS):
             return list(item.get("ContentSequence", []))
     return []
 
@@ -224,6 +220,8 @@ def summarize_sr(sr: Dataset) -> str:
         lines.append(f"  {values.tracking_identifier}: {rule}")
         lines.extend(_describe(values))
     lines.extend(
-        f"  {item.TextValue}" for item in document_statements(sr) if _key_of(item) == _key(COMMENT)
+        f"  {item.TextValue}"
+        for item in document_statements(sr)
+        if concept_key(item) == _key(COMMENT)
     )
     return "\n".join(lines)
