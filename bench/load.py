@@ -56,7 +56,7 @@ from common.settings import Destination, ModelSettings, NodeConfig, NodeSettings
 from common.sop_classes import COMPREHENSIVE_3D_SR as SR_CLASS
 from common.sop_classes import SECONDARY_CAPTURE as SC_CLASS
 from model.bundle import init_untrained
-from molsub.launch import free_port, start_node, stop_process, write_config
+from molsub.launch import child_pids, free_port, start_node, stop_process, write_config
 from molsub.synth import SYNTHETIC_COMMENT, build_lesion_seg, build_mg, render_views
 from worker.results.summary import measurement_groups
 
@@ -274,20 +274,10 @@ class Pacs:
 
 
 def descendants(pid: int) -> list[int]:
-    """Processes below ``pid`` (from /proc/*/stat's parent field)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+    """Processes below ``pid``, children first."""
     found, todo = [], [pid]
     while todo:
-        for child in children.get(todo.pop(), []):
+        for child in child_pids(todo.pop()):
             found.append(child)
             todo.append(child)
     return found

@@ -32,6 +32,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the parent field of /proc/*/stat): what a test or
+    a benchmark checks of the node's worker processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def wait_for(check: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; TimeoutError naming ``what`` after the
     deadline."""

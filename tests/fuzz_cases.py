@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -651,3 +652,15 @@ def _undecodable(samples_dir: Path, how: str, draw: st.DrawFn) -> Dataset:
     mg.PixelData = encapsulate([bytes(frame)])
     mg["PixelData"].VR = "OB"
     return mg
+
+
+def suite_settings(max_examples: int) -> settings:
+    """How the suite runs a fuzz test: the same examples every run (CI included), no example
+    database, no deadline (a real node answers), large cases allowed."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )

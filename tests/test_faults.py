@@ -275,20 +275,6 @@ def test_workers_that_keep_dying_stop_the_node(monkeypatch: pytest.MonkeyPatch) 
     assert results == [True, True, False]
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -460,7 +446,7 @@ def send_study(port: int, study: SynthStudy) -> None:
 
 def infer_worker(serve_pid: int) -> int:
     """The pid of the node's infer worker (its child whose command line ends ``infer``)."""
-    for pid in _children(serve_pid):
+    for pid in launch.child_pids(serve_pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -526,14 +512,14 @@ def test_sigkill_of_serve_with_units_in_flight_and_one_half_received(
     made.wait_log(f"unit {a.seg_uid}: infer started")
     sent = storescu(port, [b.seg_path])
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    workers = _children(proc.pid)
+    workers = launch.child_pids(proc.pid)
     assert len(workers) == len(node.LOCAL_WORKER_QUEUES)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_for(lambda: not any(map(_alive, workers)), 15, "the workers to die with the node")
     proc, port = made.start()
     try:
-        assert len(_children(proc.pid)) == len(node.LOCAL_WORKER_QUEUES)
+        assert len(launch.child_pids(proc.pid)) == len(node.LOCAL_WORKER_QUEUES)
         assert made.units()[b.seg_uid]["state"] == "waiting"
         sent = storescu(port, list(b.image_paths.values()))
         assert sent.returncode == 0, sent.stdout + sent.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from pydicom.dataset import Dataset
 
 from common.errors import InputError
@@ -27,7 +27,7 @@ from common.progress import FailureKind, ProgressFiles
 from common.units import UnitState
 from scp.spool import read_object_info
 from tests import worker_standins
-from tests.fuzz_cases import PrepareCase, prepare_cases
+from tests.fuzz_cases import PrepareCase, prepare_cases, suite_settings
 from tests.fuzz_node import eager_app
 from worker.pipeline import BundleModel, Pipeline, PreparedUnit, read_unit_files
 from worker.queue.app import enqueue_unit
@@ -79,13 +79,7 @@ def test_broken_units_fail_in_prepare_with_input_error_and_end_failed(
     app, spool, out = chain
     progress = ProgressFiles(spool)
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @suite_settings(EXAMPLES)
     @given(case=prepare_cases(samples_dir))
     def prepared(case: PrepareCase) -> None:
         event(case.mutation)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from pydicom.uid import ImplicitVRLittleEndian
 
 from scp.validate import Check
@@ -31,6 +31,7 @@ from tests.fuzz_cases import (
     bases,
     store_cases,
     structural_defect,
+    suite_settings,
     with_meta_syntax,
 )
 from tests.fuzz_node import (
@@ -75,13 +76,7 @@ def test_fuzzed_objects_get_a_check_status_and_the_node_keeps_serving(
         base = bases(samples_dir)[name]
         assert node.send(Case(name, "none", base.data), folder)[0] == ACCEPTED_VALID
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @suite_settings(EXAMPLES)
     @given(case=store_cases(samples_dir))
     def sent(case: Case) -> None:
         outcome, defect = node.send(case, folder)
