@@ -157,6 +157,36 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """[http]: the node's status page, health probes and Prometheus metrics (molsub/web/).
+
+    Loopback by default, like the DICOM port; ``port = 0`` turns the server off. Without a token
+    the page is read-only; with one, retry and resend take it as a Bearer token."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str = ""  # prefer MOLSUB_HTTP_TOKEN or token_file: node.toml is often world-readable
+    token_file: Path | None = None  # its first line is the token
+    # PatientID and AccessionNumber on the status page (read from the spooled SEG): off, so that
+    # the page shows UIDs, SOP classes and timings only (docs/operations.md says what it exposes).
+    show_patient_ids: bool = False
+    refresh_s: float = 5.0  # how often the open page refreshes its tables
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"  # human-readable lines (the default)
+    JSON = "json"  # one JSON object per line, with the unit UID and the stage, for aggregation
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[logging]: how every process of the node (serve, its workers, `molsub worker`) logs."""
+
+    format: LogFormat = LogFormat.TEXT
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
 class Destination:
     """Where results go: a DICOM AE (ae_title, host, port) or a folder (demos, debugging).
 
@@ -197,6 +227,8 @@ class NodeConfig:
     inputs: InputSettings = field(default_factory=InputSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    logging: LogSettings = field(default_factory=LogSettings)
     destinations: tuple[Destination, ...] = ()
     source: Path | None = None  # the node.toml read, None for built-in defaults
 
@@ -257,6 +289,18 @@ class NodeConfig:
             )
             + f"; SR lesion region: {r.sr_region}"
         )
+        h = self.http
+        lines.append(
+            "status page and metrics: "
+            + (
+                f"http://{h.host}:{h.port}/ (/healthz, /readyz, /metrics); actions "
+                + ("need the token" if h.token or h.token_file else "off (no token: read-only)")
+                + ("; shows PatientID and AccessionNumber" if h.show_patient_ids else "")
+                if h.port
+                else "off ([http] port = 0)"
+            )
+        )
+        lines.append(f"logs: {self.logging.format}, level {self.logging.level}")
         if not self.destinations:
             lines.append("destinations: none (results are recorded in the spool only)")
         for dest in self.destinations:

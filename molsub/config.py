@@ -26,8 +26,10 @@ from typing import Any, TypeVar
 from common.settings import (
     CONTENT_POLICIES,
     Destination,
+    HttpSettings,
     InputPolicy,
     InputSettings,
+    LogSettings,
     ModelSettings,
     NodeConfig,
     NodeSettings,
@@ -59,6 +61,8 @@ _SECTIONS: dict[str, type] = {
     "inputs": InputSettings,
     "results": ResultsSettings,
     "tls": TlsSettings,
+    "http": HttpSettings,
+    "logging": LogSettings,
 }
 # [inputs] policies that make no sense for a kind (the node has no model for tomosynthesis).
 _NOT_PROCESSED = ("breast_tomosynthesis", "breast_projection", "secondary_capture")
@@ -106,6 +110,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         inputs=sections["inputs"],
         results=sections["results"],
         tls=sections["tls"],
+        http=sections["http"],
+        logging=sections["logging"],
         destinations=destinations,
         source=source,
     )
@@ -311,6 +317,7 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
             f"{_label('results', 'heatmap_threshold', env)}: must be > 0 and at most 1 (the "
             f"CAM's range), got {threshold}"
         )
+    _validate_http(config, env)
     names: set[str] = set()
     for dest in config.destinations:
         label = f"[[destinations]] {dest.name!r}"
@@ -382,6 +389,39 @@ def _check_ae_title(value: str, label: str) -> None:
         raise ConfigError(f"{label}: AE title {value!r} has a backslash or non-ASCII character")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _validate_http(config: NodeConfig, env: Mapping[str, str]) -> None:
+    h = config.http
+
+    def http(key: str) -> str:
+        return _label("http", key, env)
+
+    if h.port != 0:  # 0: the HTTP server is off
+        _check_port(h.port, http("port") + " (0 turns the server off)")
+        if h.port == config.node.port and h.host == config.node.host:
+            raise ConfigError(f"{http('port')}: {h.port} is the DICOM port ([node] port)")
+    if not h.host:
+        raise ConfigError(f"{http('host')}: must not be empty (use 127.0.0.1 or 0.0.0.0)")
+    if not h.refresh_s > 0:
+        raise ConfigError(f"{http('refresh_s')}: must be > 0 seconds, got {h.refresh_s}")
+    if h.token_file is not None:
+        try:
+            token = h.token_file.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{http('token_file')}: cannot read {h.token_file}: {exc}") from None
+        if not token or len(token[0].strip()) < 16:
+            raise ConfigError(f"{http('token_file')}: its first line must be a token of 16+ chars")
+    if h.token and len(h.token) < 16:
+        raise ConfigError(f"{http('token')}: must be at least 16 characters")
+    level = config.logging.level.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"{_label('logging', 'level', env)}: one of {', '.join(LOG_LEVELS)}, got {level!r}"
+        )
+
+
 def _check_port(value: int, label: str) -> None:
     if not 1 <= value <= 65535:
         raise ConfigError(f"{label}: must be a TCP port 1..65535, got {value}")
@@ -400,6 +440,8 @@ def to_toml(config: NodeConfig) -> str:
         ("inputs", config.inputs),
         ("results", config.results),
         ("tls", config.tls),
+        ("http", config.http),
+        ("logging", config.logging),
     )
     for name, section in sections:
         lines.append(f"[{name}]")
