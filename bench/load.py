@@ -438,48 +438,76 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workdir kept: {workdir}")
 
 
+@dataclass
+class LoadNode:
+    """A node started for a load run, with its destination PACS (stopped by the ExitStack)."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    pacs: Pacs
+    log_path: Path
+
+
+def start_load_node(
+    workdir: Path,
+    stack: contextlib.ExitStack,
+    *,
+    max_associations: int,
+    node_args: tuple[str, ...] = (),
+) -> LoadNode:
+    """``molsub serve`` as deployed (embedded broker, local workers, UNTRAINED bundle, fresh
+    spool under ``workdir``) with dcmtk's storescp as its destination; ``node_args`` are added
+    to its command line (bench/http_overhead.py turns the HTTP server on with them)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    bundle = workdir / "bundle"
+    init_untrained(bundle)
+    log_path = workdir / "node.log"
+    pacs = Pacs(workdir / "pacs", log_path)
+    stack.callback(stop_process, pacs.proc)
+    spool, tmp = workdir / "spool", workdir / "tmp"
+    tmp.mkdir()
+    node = NodeSettings(
+        ae_title=NODE_AET,
+        spool_dir=spool,
+        max_associations=max_associations,
+        max_associations_per_aet=max_associations,
+    )
+    config = NodeConfig(
+        node=node,
+        model=ModelSettings(bundle=bundle, device="cpu"),
+        queue=QueueSettings(broker_url=""),  # the embedded broker
+        destinations=(Destination("pacs", ae_title="PACS", host="127.0.0.1", port=pacs.port),),
+    )
+    config_path = write_config(config, workdir / "node.toml")
+    # TMPDIR on the spool's file system, as bench/ingest.py and the deployment have it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOLSUB_")}
+    env["TMPDIR"] = str(tmp)
+    proc, listening = start_node(
+        config_path, log_path, *node_args, env=env, timeout_s=START_TIMEOUT_S
+    )
+    stack.callback(functools.partial(stop_process, proc, timeout_s=120))
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+    return LoadNode(proc, listening.port, pacs, log_path)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"drawing {args.templates} SYNTHETIC template studies ({ROWS}x{COLS} MG x2 + SEG)...")
     templates = [make_template(i) for i in range(args.templates)]
     study_mb = templates[0].size / MB
-    bundle = workdir / "bundle"
-    init_untrained(bundle)
-    log_path = workdir / "node.log"
     with contextlib.ExitStack() as stack:
-        pacs = Pacs(workdir / "pacs", log_path)
-        stack.callback(stop_process, pacs.proc)
-        spool, tmp = workdir / "spool", workdir / "tmp"
-        tmp.mkdir()
-        node = NodeSettings(
-            ae_title=NODE_AET,
-            spool_dir=spool,
-            max_associations=args.max_associations,
-            max_associations_per_aet=args.max_associations,
-        )
-        config = NodeConfig(
-            node=node,
-            model=ModelSettings(bundle=bundle, device="cpu"),
-            queue=QueueSettings(broker_url=""),  # the embedded broker
-            destinations=(Destination("pacs", ae_title="PACS", host="127.0.0.1", port=pacs.port),),
-        )
-        config_path = write_config(config, workdir / "node.toml")
-        # TMPDIR on the spool's file system, as bench/ingest.py and the deployment have it.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOLSUB_")}
-        env["TMPDIR"] = str(tmp)
-        proc, listening = start_node(config_path, log_path, env=env, timeout_s=START_TIMEOUT_S)
-        stack.callback(functools.partial(stop_process, proc, timeout_s=120))
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+        node = start_load_node(workdir, stack, max_associations=args.max_associations)
+        proc, pacs, log_path = node.proc, node.pacs, node.log_path
         sampler = MemorySampler(proc.pid)
         sampler.start()
         print(
-            f"node listening on {listening.port}; {args.senders} senders for {args.seconds:g} s; "
+            f"node listening on {node.port}; {args.senders} senders for {args.seconds:g} s; "
             f"study = 2 MG + SEG, {study_mb:.1f} MB; max_associations {args.max_associations}; "
             f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
         start = time.time()
         senders = Senders(
-            args.senders, listening.port, templates, workdir / "send", start + args.seconds
+            args.senders, node.port, templates, workdir / "send", start + args.seconds
         )
         senders.run()
         end = max([s.acked for s in senders.sent], default=time.time())
@@ -501,7 +529,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             time.sleep(0.5)
         drained = time.time()
         probe = (
-            probe_limit(listening.port, args.max_associations, args.extra, log_path)
+            probe_limit(node.port, args.max_associations, args.extra, log_path)
             if args.extra
             else []
         )

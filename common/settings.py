@@ -85,6 +85,9 @@ class NodeSettings:
     # Received objects of a unit are deleted this many hours after its results were delivered
     # (state done), with the unit's recorded result objects; 0 keeps everything (scp/retention.py).
     retention_hours: float = 0.0
+    # Free space the spool's filesystem keeps: below it the SCP answers C-STOREs 0xA700 (Out of
+    # Resources) before storing, so that a full disk never cuts a study half-written. 0 = off.
+    min_free_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,12 @@ class NodeConfig:
             + ("checked" if n.check_called_aet else "not checked")
             + (f"; bound peers: {', '.join(n.allowed_peers)}" if n.allowed_peers else ""),
             "process: MG For Presentation and the Segmentations drawn on them",
-            f"spool: {n.spool_dir} (received objects, state database, embedded queue)",
+            f"spool: {n.spool_dir} (received objects, state database, embedded queue); "
+            + (
+                f"C-STOREs refused (0xA700) below {n.min_free_mb} MB free"
+                if n.min_free_mb
+                else "no free-space watermark (min_free_mb = 0)"
+            ),
             f"study timeout: {n.study_timeout_s:g} s after a unit's last received object",
             "retention: "
             + (

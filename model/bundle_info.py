@@ -261,3 +261,19 @@ def check_digest(path: Path, actual: str, expected: str) -> None:
             f"{path}: sha256 mismatch, expected {expected}, actual {actual} "
             "(file changed or corrupted since the bundle was written)"
         )
+
+
+def format_test_metrics(m: dict[str, Any]) -> str:
+    """One task's provenance ``test_metrics`` in a line (`molsub model info`, the status page):
+    test-set AUC with its CI, accuracy, lesion-level AUC and CV mean +- SD, as recorded."""
+
+    def num(x: object) -> str:
+        return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
+
+    ci = m.get("auc_ci95") or [None, None]
+    cv = m.get("cv_auc") or {}
+    return (
+        f"test AUC {num(m.get('auc'))} (95% CI {num(ci[0])}-{num(ci[1])}, n={m.get('n')}), "
+        f"ACC {num(m.get('accuracy'))}, lesion-level AUC {num(m.get('lesion_auc'))}, "
+        f"CV AUC {num(cv.get('mean'))} +- {num(cv.get('sd'))}"
+    )

@@ -8,21 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from common.errors import BundleError, InputError
-from common.units import Unit, UnitState
+from common.logs import LOG_FORMAT_ENV, choose_format, configure_logging
+from common.settings import LogFormat, LogSettings
+from common.units import UnitState
 from model.profiles import Profile
 from molsub.cli_dataset import add_dataset_commands
 from molsub.cli_evaluate import add_evaluate_commands
 from molsub.cli_show import add_show_command
 from molsub.cli_train import add_train_command
-
-if TYPE_CHECKING:
-    from scp.state import StateDB
+from worker.queue.metrics import METRICS_PORT_ENV
 
 log = logging.getLogger("molsub")
 
@@ -88,7 +88,7 @@ def _cmd_model_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_info(args: argparse.Namespace) -> int:
-    from model.bundle_info import read_bundle_info
+    from model.bundle_info import format_test_metrics, read_bundle_info
 
     info = read_bundle_info(args.bundle)
     print(f"bundle      {args.bundle}")
@@ -106,7 +106,7 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
         print("training    SYNTHETIC data: predictions mean something on synthetic data only")
     metrics = info.provenance.get("test_metrics") or {}
     for task, m in metrics.items():
-        print(f"metrics     {task}: {_format_metrics(m)}")
+        print(f"metrics     {task}: {format_test_metrics(m)}")
     skip = {"test_metrics", "splits", "settings", "folds"}
     for key, value in info.provenance.items():
         if key not in skip:
@@ -117,26 +117,18 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _format_metrics(m: dict[str, Any]) -> str:
-    """Test-set AUC with its CI, accuracy, lesion-level AUC and CV mean +- SD, as recorded."""
-
-    def num(x: object) -> str:
-        return f"{x:.3f}" if isinstance(x, int | float) else "n/a"
-
-    ci = m.get("auc_ci95") or [None, None]
-    cv = m.get("cv_auc") or {}
-    return (
-        f"test AUC {num(m.get('auc'))} (95% CI {num(ci[0])}-{num(ci[1])}, n={m.get('n')}), "
-        f"ACC {num(m.get('accuracy'))}, lesion-level AUC {num(m.get('lesion_auc'))}, "
-        f"CV AUC {num(cv.get('mean'))} +- {num(cv.get('sd'))}"
-    )
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from molsub.config import load_node_config
     from molsub.node import serve_main
 
+    _configure_logs(args, load_node_config(args.config).logging)
+
     return serve_main(
-        args.config, check_only=args.check, workers=not args.no_workers, port=args.port
+        args.config,
+        check_only=args.check,
+        workers=not args.no_workers,
+        port=args.port,
+        http_port=args.http_port,
     )
 
 
@@ -144,9 +136,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from molsub.config import load_node_config
     from worker.queue.app import run_worker
 
+    config = load_node_config(args.config)
+    _configure_logs(args, config.logging)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    run_worker(load_node_config(args.config), queues)
+    run_worker(config, queues, metrics_port=_metrics_port(args), metrics_host=args.metrics_host)
     return EXIT_OK
+
+
+def _metrics_port(args: argparse.Namespace) -> int:
+    """--metrics-port, else $MOLSUB_WORKER_METRICS_PORT, else 0 (off)."""
+    from molsub.config import ConfigError
+
+    if args.metrics_port is not None:
+        return int(args.metrics_port)
+    value = os.environ.get(METRICS_PORT_ENV, "").strip() or "0"
+    if not value.isdigit() or int(value) > 65535:
+        raise ConfigError(f"${METRICS_PORT_ENV}: a TCP port 0..65535 (0: off), got {value!r}")
+    return int(value)
 
 
 def _cmd_units(args: argparse.Namespace) -> int:
@@ -162,18 +168,10 @@ def _cmd_units(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reset(db: StateDB, unit: Unit) -> bool:
-    """Forget what the workers reported, then make the unit ready (in this order: the node
-    must not see the old failure again once the unit is back in flight)."""
-    from common.progress import ProgressFiles
-
-    ProgressFiles(db.root).clear(unit.unit_id)
-    return db.retry(unit.unit_id)
-
-
 def _cmd_retry(args: argparse.Namespace) -> int:
     from common.spool_layout import SpoolLayout
     from molsub.config import load_node_config
+    from molsub.unit_actions import RetryOutcome, retry_unit
     from scp.state import StateDB
 
     config = load_node_config(args.config)
@@ -183,20 +181,16 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     db = StateDB(layout.state_db)
     try:
-        unit = db.get_unit(args.unit)
-        if unit is None:
-            print(f"error: no unit {args.unit} in {layout.root}", file=sys.stderr)
-            return EXIT_FAILED
-        if unit.state not in (UnitState.FAILED, UnitState.TIMED_OUT) or not _reset(db, unit):
-            print(
-                f"error: unit {args.unit} is {unit.state}; only failed or timed-out units "
-                "are retried",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
+        result = retry_unit(db, args.unit)
     finally:
         db.close()
-    print(f"unit {args.unit}: ready again; the running node enqueues it from its spooled objects")
+    if result.outcome is RetryOutcome.UNKNOWN:
+        print(f"error: no unit {args.unit} in {layout.root}", file=sys.stderr)
+        return EXIT_FAILED
+    if result.outcome is not RetryOutcome.RETRIED:
+        print(f"error: unit {args.unit}: {result.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"unit {args.unit}: {result.message}")
     return EXIT_OK
 
 
@@ -264,6 +258,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, offline=args.offline)
 
 
+def _add_log_format(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--log-format, global and (with a SUPPRESS default: the global one stands) after the
+    process commands too, where scripts put their options."""
+    parser.add_argument(
+        "--log-format",
+        choices=[str(f) for f in LogFormat],
+        default=default,
+        help=f"text (default) or json: one object per line (${LOG_FORMAT_ENV}, [logging] format)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molsub",
@@ -271,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "not a medical device.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (UIDs only)")
+    _add_log_format(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write SYNTHETIC MG studies with lesion SEGs and labels")
@@ -298,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the config, say what it does")
     p.add_argument("--no-workers", action="store_true", help="do not start local workers")
     p.add_argument("--port", type=int, default=None, help="override [node] port (0: any free)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="override [http] port: status page, /healthz, /readyz, /metrics (0: off)",
+    )
+    _add_log_format(p, argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve, private=True)
 
     p = sub.add_parser("worker", help="run a Celery worker for some queues (e.g. infer on a GPU)")
@@ -305,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--queues", default="prepare,infer,deliver", help="comma-separated: prepare, infer, deliver"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"serve this worker's Prometheus metrics on PORT (0: off; ${METRICS_PORT_ENV})",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    _add_log_format(p, argparse.SUPPRESS)
     p.set_defaults(func=_cmd_worker, private=True)
 
     p = sub.add_parser("units", help="list the spool's units and their states")
@@ -414,6 +435,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logs(args: argparse.Namespace, configured: LogSettings | None = None) -> None:
+    """Logging by --log-format > $MOLSUB_LOGGING_FORMAT > [logging] format > text.
+
+    main() calls it before a command loads its config; serve and worker again with the
+    config's [logging]. A --log-format is put in the environment, where the config's override
+    and the local workers `molsub serve` starts find it too.
+    """
+    from molsub.config import ConfigError
+
+    flag = getattr(args, "log_format", None)
+    if flag:
+        os.environ[LOG_FORMAT_ENV] = str(flag)
+    try:
+        log_format = choose_format(flag, os.environ, configured.format if configured else None)
+    except ValueError:
+        raise ConfigError(
+            f"${LOG_FORMAT_ENV}: one of {', '.join(LogFormat)}, got {os.environ[LOG_FORMAT_ENV]!r}"
+        ) from None
+    level = configured.level.upper() if configured else logging.INFO
+    configure_logging(log_format, level=level, verbose=args.verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "private", False):
@@ -422,21 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from common.private import set_private_umask
 
         set_private_umask()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
-        # pydicom warns about each invalid value it reads with the value itself: patient data.
-        # The node checks values on its own terms (worker/results/source_header.py) and logs
-        # keywords and UIDs only; -v (debug) lets pydicom speak.
-        import pydicom.config
-
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     from molsub.config import ConfigError
 
     try:
+        _configure_logs(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

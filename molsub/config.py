@@ -263,6 +263,10 @@ def _validate(config: NodeConfig, env: Mapping[str, str]) -> None:
             f"{node('retention_hours')}: must be >= 0 hours (0 keeps everything), "
             f"got {n.retention_hours}"
         )
+    if n.min_free_mb < 0:
+        raise ConfigError(
+            f"{node('min_free_mb')}: must be >= 0 MB (0 turns it off), got {n.min_free_mb}"
+        )
     if config.tls.enabled:
         try:
             server_context(config.tls)

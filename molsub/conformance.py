@@ -77,7 +77,9 @@ RESULT_OBJECTS: dict[str, tuple[str, str]] = {
 STATUS_WHEN = {
     0x0000: "the object is fsynced in the spool and recorded in the state database; also an "
     "object whose [inputs] policy is `ignore` (not stored)",
-    0xA700: "the spool write or the state database failed (disk full, I/O error); nothing is kept",
+    0xA700: "the spool write or the state database failed (disk full, I/O error), or the spool "
+    "filesystem has less free space than `[node] min_free_mb` (Error Comment `spool filesystem "
+    "below its free-space watermark`, answered before anything is stored); nothing is kept",
     0xC000: "the dataset does not parse to its end (Error Comment `parse: ...`), or the object "
     "cannot be used (no or invalid UIDs, an image smaller than `min_image_side`), its [inputs] "
     "policy is `fail` (by default: a SEG that is not a lesion outline), or it is of a class "

@@ -90,11 +90,16 @@ def start_node(
 ) -> tuple[subprocess.Popen[str], Listening]:
     """``molsub serve --config CONFIG --port 0 ARGS``; returns the process and what it listens on.
 
+    The HTTP server is off (``--http-port 0``) unless ``args`` pass ``--http-port``: many nodes
+    start side by side in the tests and benches, and [http] port's default would clash.
+
     Without ``config_path`` the node takes its config from ``env`` ($MOLSUB_CONFIG and the
     MOLSUB_<SECTION>_<KEY> overrides). The node's and its workers' logs go to ``log_path``;
     stdout carries the listening line.
     """
     config_args = ["--config", str(config_path)] if config_path is not None else []
+    if not any(a == "--http-port" or a.startswith("--http-port=") for a in args):
+        args = (*args, "--http-port", "0")
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [*MOLSUB, "serve", *config_args, "--port", "0", *args],

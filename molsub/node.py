@@ -23,12 +23,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.settings import NodeConfig
 from common.units import Unit
 from molsub.config import load_node_config
+
+if TYPE_CHECKING:
+    from molsub.web.server import HttpServer
+    from scp.server import NodeSCP
 
 log = logging.getLogger(__name__)
 
@@ -235,14 +240,87 @@ def _own_device_uids(config: NodeConfig) -> tuple[str, ...]:
         return ()
 
 
-def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT (exit 0): SCP + dispatcher (+ local workers). Exit 1 when the
-    local workers keep dying, so that a supervisor restarts the node."""
+def worker_problems(supervisor: WorkerSupervisor) -> list[str]:
+    """A line per local worker not running now (the readiness check ``workers``)."""
+    return [
+        f"local worker ({','.join(queues)}) exited with {proc.returncode}; being restarted"
+        for queues, proc in zip(supervisor.queues, supervisor.processes, strict=True)
+        if proc.poll() is not None
+    ]
+
+
+def start_http(
+    config: NodeConfig, scp: NodeSCP, supervisor: WorkerSupervisor | None
+) -> HttpServer | None:
+    """Metrics hooked into the SCP and its dispatcher, health checks, and the HTTP server on
+    [http] host:port (None when port = 0). Raises HttpServerError when it cannot listen."""
+    from molsub.health import NodeHealth
+    from molsub.metrics import NodeMetrics
+    from molsub.web.app import create_app
+    from molsub.web.memo import FRESH_S
+    from molsub.web.server import HttpServer
+    from molsub.web.view import NodeView
+
+    if not config.http.port:
+        log.info("status page and metrics off ([http] port = 0)")
+        return None
+    from scp.state import StateDB
+
+    assert scp.db is not None and scp.dispatcher is not None
+    dispatcher = scp.dispatcher
+    # A connection of its own: the page's and the scrape's reads never queue behind the SCP's
+    # writes on the receiving path, nor hold them up (SQLite WAL: readers do not block writers).
+    db = StateDB(scp.db.db_path, scp.db.root)
+    health = NodeHealth(
+        config,
+        scp_listening=lambda: scp.port if scp.listening else None,
+        workers=(lambda: worker_problems(supervisor)) if supervisor is not None else None,
+        max_age_s=FRESH_S,
+    )
+    metrics = NodeMetrics(
+        config,
+        db,
+        associations=lambda: scp.gate.live() if scp.gate is not None else 0,
+        ready=lambda: health().ready,
+    )
+    scp.store_observer = metrics.observe_store
+    dispatcher.on_unit_end = metrics.unit_ended
+    view = NodeView(
+        config,
+        db,
+        metrics.registry,
+        health,
+        wake_dispatcher=dispatcher.wake,
+        delivered=metrics.delivered,
+    )
+    http = HttpServer(create_app(view), config.http.host, config.http.port, on_stop=db.close)
+    try:
+        http.start()
+    except BaseException:
+        db.close()
+        raise
+    log.info("status page http://%s:%d/", config.http.host, http.port)
+    return http
+
+
+def serve(
+    config: NodeConfig,
+    *,
+    workers: bool = True,
+    port: int | None = None,
+    http_port: int | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (exit 0): SCP + dispatcher (+ local workers) (+ the HTTP
+    server). Exit 1 when the local workers keep dying, so that a supervisor restarts the node,
+    or when the HTTP port cannot be listened on."""
+    from molsub.web.server import HttpServerError
     from scp.dispatcher import Stall
     from scp.server import NodeSCP
 
     if port is not None:
         config = config.with_node(port=port)
+    if http_port is not None:
+        config = replace(config, http=replace(config.http, port=http_port))
     enqueue = celery_enqueuer(config)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -256,11 +334,17 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
         tls=config.tls,
     )
     code = 0
+    http: HttpServer | None = None
     try:
         scp.start()
         if scp.dispatcher is not None:
             q = config.queue
             scp.dispatcher.stall = Stall(q.stall_timeout_s, q.max_redeliveries)
+        try:
+            http = start_http(config, scp, supervisor)
+        except HttpServerError as exc:
+            log.error("%s; the node stops", exc)
+            return 1
         # The line a supervisor or a test waits for; the real port when 0 was asked for.
         print(Listening(config.node.host, scp.port, config.node.ae_title).line(), flush=True)
         while not stopping.wait(1.0):
@@ -268,15 +352,24 @@ def serve(config: NodeConfig, *, workers: bool = True, port: int | None = None) 
                 code = 1
                 stopping.set()
     finally:
+        if http is not None:
+            http.stop()
         scp.stop()
         stop_processes(supervisor.processes if supervisor else [])
     return code
 
 
 def serve_main(
-    config_path: Path | None, *, check_only: bool, workers: bool, port: int | None
+    config_path: Path | None,
+    *,
+    check_only: bool,
+    workers: bool,
+    port: int | None,
+    http_port: int | None = None,
 ) -> int:
     config = load_node_config(config_path)
+    if http_port is not None:
+        config = replace(config, http=replace(config.http, port=http_port))
     if check_only:
         print(describe(config, workers=workers))
         problems = check(config)

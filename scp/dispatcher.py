@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.logs import LogStage, log_context
 from common.progress import FailureKind, ProgressFiles
 from common.settings import MissingImagesPolicy
 from common.units import Unit, UnitState
@@ -33,6 +34,9 @@ from scp.state import StateDB
 log = logging.getLogger(__name__)
 
 EnqueueFn = Callable[[Unit], None]
+# Told of each unit that ended (done, failed, timed_out), as re-read from the database with its
+# times and detail: molsub/metrics.py counts it. Must not raise (a failure is only logged).
+UnitEndFn = Callable[[Unit], None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,11 @@ class Stall:
 
     timeout_s: float
     max_offers: int
+
+
+def _about(unit: Unit) -> contextlib.AbstractContextManager[None]:
+    """What the dispatcher logs about ``unit`` carries its UID and the stage (common/logs.py)."""
+    return log_context(unit=unit.unit_id, stage=LogStage.DISPATCH)
 
 
 class Dispatcher:
@@ -55,8 +64,10 @@ class Dispatcher:
         progress: ProgressFiles | None = None,
         missing_images: MissingImagesPolicy = MissingImagesPolicy.TIMEOUT,
         stall: Stall | None = None,
+        on_unit_end: UnitEndFn | None = None,
     ) -> None:
         self.db = db
+        self.on_unit_end = on_unit_end
         self.progress = progress
         self.missing_images = missing_images
         self.enqueue = enqueue
@@ -89,29 +100,32 @@ class Dispatcher:
         now = time.time() if now is None else now
         fail = self.missing_images is MissingImagesPolicy.FAIL
         for unit in self.db.expire_waiting(self.study_timeout_s, now, fail=fail):
-            log.warning(
-                "unit %s %s: SEG %s still misses image(s) %s after %g s; nothing sent",
-                unit.unit_id,
-                "failed" if fail else "timed out",
-                unit.seg_uid,
-                ", ".join(unit.missing_uids) or "(none)",
-                self.study_timeout_s,
-            )
+            with _about(unit):
+                log.warning(
+                    "unit %s %s: SEG %s still misses image(s) %s after %g s; nothing sent",
+                    unit.unit_id,
+                    "failed" if fail else "timed out",
+                    unit.seg_uid,
+                    ", ".join(unit.missing_uids) or "(none)",
+                    self.study_timeout_s,
+                )
+                self._ended(unit)
         self.follow_progress()
         self.sweep_stalled(now)
         enqueued = []
         for unit in self.db.ready_units():
-            if self._stop.is_set():
-                break
-            try:
-                self.enqueue(unit)
-            except Exception:
-                # The unit stays ready and is offered again at the next round.
-                log.exception("unit %s: enqueue failed; will retry", unit.unit_id)
-                break
-            if self.db.mark_enqueued(unit.unit_id):
-                log.info("unit %s enqueued (%d images)", unit.unit_id, len(unit.image_paths))
-                enqueued.append(unit.unit_id)
+            with _about(unit):
+                if self._stop.is_set():
+                    break
+                try:
+                    self.enqueue(unit)
+                except Exception:
+                    # The unit stays ready and is offered again at the next round.
+                    log.exception("unit %s: enqueue failed; will retry", unit.unit_id)
+                    break
+                if self.db.mark_enqueued(unit.unit_id):
+                    log.info("unit %s enqueued (%d images)", unit.unit_id, len(unit.image_paths))
+                    enqueued.append(unit.unit_id)
         return enqueued
 
     def follow_progress(self) -> list[Unit]:
@@ -120,18 +134,21 @@ class Dispatcher:
             return []
         moved = []
         for unit in self.db.in_flight_units():
-            progress = self.progress.read(unit.unit_id)
-            if progress is None or progress.state == unit.state:
-                continue
-            if not self.db.record_progress(unit.unit_id, progress):
-                continue
-            if progress.failure is not None:
-                log.error(
-                    "unit %s failed (%s): %s", unit.unit_id, progress.failure, progress.reason
-                )
-            elif progress.final:
-                log.info("unit %s done", unit.unit_id)
-            moved.append(unit)
+            with _about(unit):
+                progress = self.progress.read(unit.unit_id)
+                if progress is None or progress.state == unit.state:
+                    continue
+                if not self.db.record_progress(unit.unit_id, progress):
+                    continue
+                if progress.failure is not None:
+                    log.error(
+                        "unit %s failed (%s): %s", unit.unit_id, progress.failure, progress.reason
+                    )
+                elif progress.final:
+                    log.info("unit %s done", unit.unit_id)
+                if progress.final:
+                    self._ended(self.db.get_unit(unit.unit_id))
+                moved.append(unit)
         return moved
 
     def last_activity(self, unit: Unit) -> float:
@@ -153,27 +170,28 @@ class Dispatcher:
         now = time.time() if now is None else now
         offered = []
         for unit in self.db.in_flight_units():
-            if self._stop.is_set():
-                break
-            idle = now - self.last_activity(unit)
-            if idle < self.stall.timeout_s:
-                continue
-            offers = self.db.offers(unit.unit_id)
-            if offers >= self.stall.max_offers:
-                self._fail_stalled(unit, idle, offers)
-                continue
-            try:
-                self.enqueue(unit)
-            except Exception:
-                log.exception("unit %s: offering it again failed; will retry", unit.unit_id)
-                break
-            detail = (
-                f"no progress for {idle:.0f} s in state {unit.state}: offered to the queue "
-                f"again ({offers + 1} of {self.stall.max_offers})"
-            )
-            if self.db.mark_reoffered(unit.unit_id, detail, now):
-                log.warning("unit %s %s", unit.unit_id, detail)
-                offered.append(unit.unit_id)
+            with _about(unit):
+                if self._stop.is_set():
+                    break
+                idle = now - self.last_activity(unit)
+                if idle < self.stall.timeout_s:
+                    continue
+                offers = self.db.offers(unit.unit_id)
+                if offers >= self.stall.max_offers:
+                    self._fail_stalled(unit, idle, offers)
+                    continue
+                try:
+                    self.enqueue(unit)
+                except Exception:
+                    log.exception("unit %s: offering it again failed; will retry", unit.unit_id)
+                    break
+                detail = (
+                    f"no progress for {idle:.0f} s in state {unit.state}: offered to the queue "
+                    f"again ({offers + 1} of {self.stall.max_offers})"
+                )
+                if self.db.mark_reoffered(unit.unit_id, detail, now):
+                    log.warning("unit %s %s", unit.unit_id, detail)
+                    offered.append(unit.unit_id)
         return offered
 
     def _fail_stalled(self, unit: Unit, idle: float, offers: int) -> None:
@@ -192,12 +210,23 @@ class Dispatcher:
                 log.warning("unit %s: progress.json not written (%s)", unit.unit_id, exc)
         if self.db.set_state(unit.unit_id, UnitState.FAILED, f"{FailureKind.TRANSIENT}: {reason}"):
             log.error("unit %s failed: %s", unit.unit_id, reason)
+            self._ended(self.db.get_unit(unit.unit_id))
+
+    def _ended(self, unit: Unit | None) -> None:
+        """Tell ``on_unit_end`` that ``unit`` ended; its failure never stops a round."""
+        if unit is None or self.on_unit_end is None:
+            return
+        try:
+            self.on_unit_end(unit)
+        except Exception:
+            log.exception("unit %s: the unit-end callback failed", unit.unit_id)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("dispatcher round failed; retrying")
+            with log_context(stage=LogStage.DISPATCH):
+                try:
+                    self.run_once()
+                except Exception:
+                    log.exception("dispatcher round failed; retrying")
             self._wake.wait(self.poll_s)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.logs import LogStage, log_context
 from common.spool_layout import SpoolLayout
 from common.units import Unit
 from scp.state import StateDB
@@ -148,8 +149,9 @@ class RetentionSweeper:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                sweep(self.db, self.spool_root, self.retention_s, self.clock())
-            except Exception:  # a full disk, a locked database: try again at the next sweep
-                log.exception("retention sweep failed; trying again in %g s", self.interval_s)
+            with log_context(stage=LogStage.RETENTION):
+                try:
+                    sweep(self.db, self.spool_root, self.retention_s, self.clock())
+                except Exception:  # a full disk, a locked database: try again at the next sweep
+                    log.exception("retention sweep failed; trying again in %g s", self.interval_s)
             self._stop.wait(self.interval_s)

@@ -19,8 +19,9 @@ import logging
 import sqlite3
 import ssl
 import threading
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, Protocol
 
 from pydicom import uid
 from pydicom.dataset import Dataset
@@ -30,6 +31,7 @@ from pynetdicom.sop_class import Verification
 
 from common.errors import InputError
 from common.inputs import NODE_OUTPUT_SOP_CLASSES
+from common.logs import LogStage, log_context
 from common.private import make_private
 from common.progress import ProgressFiles
 from common.settings import (
@@ -58,6 +60,7 @@ from scp.retention import HOUR_S, RetentionSweeper
 from scp.spool import Spool, own_result_of
 from scp.state import StateDB
 from scp.validate import Check, InvalidObject
+from scp.watermark import MB, WATERMARK_COMMENT, Watermark
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,12 @@ STATUS_SEG_GRID = Check.SEG_GRID.status
 CONNECTIONS_PER_ASSOCIATION = 4
 
 
+class StoreObserver(Protocol):
+    """Told of each answered C-STORE (molsub/metrics.py counts them); must not raise."""
+
+    def __call__(self, sop_class_uid: str, status: int, nbytes: int) -> None: ...
+
+
 class NodeSCP:
     """The receiving side of the node: AE + spool + state database + dispatcher thread."""
 
@@ -104,8 +113,10 @@ class NodeSCP:
         poll_s: float = 1.0,
         own_device_uids: Collection[str] = (),
         tls: TlsSettings | None = None,
+        store_observer: StoreObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.store_observer = store_observer
         self.inputs = inputs or InputSettings()
         for key, allowed in CONTENT_POLICIES.items():
             if getattr(self.inputs, key) not in allowed:
@@ -142,6 +153,7 @@ class NodeSCP:
         self.tls = tls or TlsSettings()  # [tls]: the port speaks TLS only when enabled
         self._partial_files = PartialFiles(self.spool.tmp_dir)
         self.retention: RetentionSweeper | None = None
+        self.watermark = Watermark(self.spool.root, settings.min_free_mb * MB)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -190,7 +202,7 @@ class NodeSCP:
                 ae,
                 [
                     (evt.EVT_REQUESTED, self.gate.handle),
-                    (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_C_STORE, self._observed(self._handle_store)),
                     (evt.EVT_CONN_CLOSE, PartialFiles.on_close),
                 ],
                 ssl_context=server_context(self.tls) if self.tls.enabled else None,
@@ -260,6 +272,11 @@ class NodeSCP:
         self.stop()
 
     @property
+    def listening(self) -> bool:
+        """Started and accepting associations (the readiness check ``scp``)."""
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         """The port listened on (the real one when the config asked for port 0)."""
         if self._server is None:
@@ -276,21 +293,57 @@ class NodeSCP:
 
     # -- C-STORE -------------------------------------------------------------------------------
 
+    def _observed(
+        self, handler: Callable[[evt.Event], Dataset | int]
+    ) -> Callable[[evt.Event], Dataset | int]:
+        """``handler``, telling ``store_observer`` of each answer (class, status, bytes); the
+        observer is read per call, so `molsub serve` may set it once the SCP has started."""
+
+        def observed(event: evt.Event) -> Dataset | int:
+            observer = self.store_observer
+            if observer is None:
+                return handler(event)
+            nbytes = _received_bytes(event)  # before the handler moves the file into the spool
+            answer = handler(event)
+            status = int(answer.Status) if isinstance(answer, Dataset) else int(answer)
+            sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+            try:
+                observer(sop_class, status, nbytes)
+            except Exception:  # noqa: BLE001 - metrics never change a C-STORE's answer
+                log.exception("C-STORE observer failed")
+            return answer
+
+        return observed
+
     def _handle_store(self, event: evt.Event) -> Dataset | int:
-        """The C-STORE handler: never raises (pynetdicom would answer 0xC211 without a why)."""
-        try:
-            return self._store(event)
-        except Exception as exc:  # noqa: BLE001 - a reason and 0xC000 beat pynetdicom's 0xC211
-            log.error(
-                "C-STORE of %s: unexpected %s; refused", _object_name(event), type(exc).__name__
-            )
-            return _status(STATUS_CANNOT_UNDERSTAND, "parse: object could not be read")
+        """The C-STORE handler: never raises (pynetdicom would answer 0xC211 without a why).
+        Its log lines carry the stage and the object's SOP Instance UID (common/logs.py)."""
+        uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        with log_context(
+            stage=LogStage.RECEIVE, sop_instance_uid=uid if is_valid_uid(uid) else None
+        ):
+            try:
+                return self._store(event)
+            except Exception as exc:  # noqa: BLE001 - a reason and 0xC000 beat pynetdicom's 0xC211
+                log.error(
+                    "C-STORE of %s: unexpected %s; refused", _object_name(event), type(exc).__name__
+                )
+                return _status(STATUS_CANNOT_UNDERSTAND, "parse: object could not be read")
 
     def _store(self, event: evt.Event) -> Dataset | int:
         request_uid = _object_name(event)
         calling = event.assoc.requestor.ae_title
         assert self.db is not None and self.dispatcher is not None
         sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
+        if self.watermark.below():
+            log.error(
+                "C-STORE of %s from %s refused: %s (%d MB, [node] min_free_mb)",
+                request_uid,
+                calling,
+                WATERMARK_COMMENT,
+                self.settings.min_free_mb,
+            )
+            return _status(STATUS_OUT_OF_RESOURCES, WATERMARK_COMMENT)
         if sop_class in NODE_OUTPUT_SOP_CLASSES:
             own = own_result_of(event.dataset_path, self.own_device_uids)
             if own:
@@ -344,8 +397,10 @@ class NodeSCP:
             info.study_uid,
             calling,
         )
+        for unit_id in ready:
+            with log_context(unit=unit_id):
+                log.info("unit %s ready", unit_id)
         if ready:
-            log.info("unit(s) ready: %s", ", ".join(ready))
             self.dispatcher.wake()
         return STATUS_SUCCESS
 
@@ -372,6 +427,18 @@ def _object_name(event: evt.Event) -> str:
         return uid
     requestor = event.assoc.requestor
     return f"(association {requestor.address}:{requestor.port}, message {event.request.MessageID})"
+
+
+def _received_bytes(event: evt.Event) -> int:
+    """Size of the received data set: its file (chunked mode), else its bytes in memory."""
+    try:
+        return Path(event.dataset_path).stat().st_size
+    except (AttributeError, OSError, TypeError, ValueError):
+        pass
+    try:
+        return len(event.request.DataSet.getvalue())
+    except (AttributeError, TypeError, ValueError):
+        return 0
 
 
 def _status(code: int, comment: str) -> Dataset:

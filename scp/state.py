@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS unit_refs (
 );
 CREATE INDEX IF NOT EXISTS unit_refs_by_sop ON unit_refs(sop_uid);
 CREATE INDEX IF NOT EXISTS units_by_state ON units(state);
+CREATE INDEX IF NOT EXISTS units_by_created ON units(created_at);
 """
 
 
@@ -344,6 +345,43 @@ class StateDB:
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY created_at, unit_id", states).fetchall()
             return [self._unit(r) for r in rows]
+
+    def recent_units(
+        self, since: float, state: UnitState | None = None, limit: int = 500
+    ) -> list[Unit]:
+        """Units received at or after ``since`` (all, or in one state), newest first, at most
+        ``limit``: the status page's window."""
+        sql = "SELECT * FROM units WHERE created_at >= ?"
+        args: tuple[object, ...] = (since,)
+        if state is not None:
+            sql += " AND state = ?"
+            args += (state,)
+        with self._lock:
+            rows = self._conn.execute(
+                sql + " ORDER BY created_at DESC, unit_id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+            return [self._unit(r) for r in rows]
+
+    def recent_unit_ids(self, since: float, limit: int = 500) -> list[str]:
+        """The ids of ``recent_units(since)``, without building the units (no per-unit reads)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT unit_id FROM units WHERE created_at >= ? "
+                "ORDER BY created_at DESC, unit_id DESC LIMIT ?",
+                (since, limit),
+            ).fetchall()
+        return [r["unit_id"] for r in rows]
+
+    def state_counts(self, since: float) -> dict[UnitState, int]:
+        """How many units received at or after ``since`` are in each state (0 included)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT state, COUNT(*) AS n FROM units WHERE created_at >= ? GROUP BY state",
+                (since,),
+            ).fetchall()
+        counts = dict.fromkeys(UnitState, 0)
+        counts.update({UnitState(r["state"]): int(r["n"]) for r in rows})
+        return counts
 
     def count_instances(self) -> int:
         with self._lock:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.node_http import http_node  # noqa: F401 - the fixture, for every test module
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"
 REQUIRE_SAMPLES_ENV = "MOLSUB_REQUIRE_SAMPLES"

@@ -27,7 +27,7 @@ def test_compose_services_and_gpu_worker_consumes_only_infer() -> None:
     text = (DEPLOY / "docker-compose.yml").read_text()
     for service in ("redis:", "scp:", "cpu-worker:", "gpu-worker:"):
         assert f"\n  {service}" in text
-    gpu = text.split("\n  gpu-worker:")[1].split("\nvolumes:")[0]
+    gpu = text.split("\n  gpu-worker:")[1].split("\n\n")[0]  # up to the next service
     (gpu_command,) = _molsub_commands(gpu)
     assert gpu_command[gpu_command.index("--queues") + 1] == "infer"
     parser = build_parser()

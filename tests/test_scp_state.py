@@ -269,3 +269,20 @@ def test_resent_seg_of_an_enqueued_unit_changes_nothing(db: StateDB, tmp_path: P
     assert db.record_instance(seg_info("9.9", ("1.1",)), tmp_path / "s.dcm") == []
     assert db.get_unit("9.9").state == UnitState.ENQUEUED
     assert db.count_instances() == 2
+
+
+def test_the_status_page_window_newest_first_with_counts(db: StateDB, tmp_path: Path) -> None:
+    for i, at in enumerate((10.0, 20.0, 30.0, 40.0)):
+        db.record_instance(mg_info(f"1.{i}"), tmp_path / f"{i}.dcm", now=at)
+        db.record_instance(seg_info(f"9.{i}", (f"1.{i}",)), tmp_path / f"s{i}.dcm", now=at)
+    db.mark_enqueued("9.2", now=31.0)
+    db.set_state("9.2", UnitState.FAILED, "permanent: prepare: segment 1 is empty", now=32.0)
+    # units received at or after 20: newest first, all or one state, bounded
+    assert [u.unit_id for u in db.recent_units(20.0)] == ["9.3", "9.2", "9.1"]
+    assert [u.unit_id for u in db.recent_units(20.0, UnitState.FAILED)] == ["9.2"]
+    assert [u.unit_id for u in db.recent_units(0.0, limit=2)] == ["9.3", "9.2"]
+    assert db.recent_unit_ids(20.0) == ["9.3", "9.2", "9.1"]
+    assert db.recent_unit_ids(0.0, limit=1) == ["9.3"]
+    counts = db.state_counts(20.0)
+    assert counts[UnitState.READY] == 2 and counts[UnitState.FAILED] == 1
+    assert counts[UnitState.DONE] == 0 and set(counts) == set(UnitState)

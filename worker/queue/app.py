@@ -9,6 +9,9 @@ Broker: ``[queue] broker_url`` (e.g. ``redis://host:6379/0``), or when empty an 
 needing no server: kombu's filesystem transport under SPOOL/queue (single host), with message
 files written atomically (worker/queue/embedded_broker.py).
 
+Each stage task records the worker's metrics (worker/queue/metrics.py), and every line logged
+while a task runs, Celery's included, carries its unit and stage (common/logs.py).
+
 Everything here is handed the node's settings (common.settings.NodeConfig) and, in tests, a
 Pipeline with stand-in stages; ``molsub worker`` and ``molsub serve`` build both from node.toml.
 """
@@ -21,18 +24,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from celery import Celery, Task, chain
-from celery.exceptions import Ignore
+from celery import Celery, Task, chain, signals
+from celery.exceptions import Ignore, Retry
 from celery.utils.time import get_exponential_backoff_interval
 
+from common.logs import ContextTokens, LogStage, pop_context, push_context
 from common.progress import FailureKind
-from common.settings import NodeConfig
+from common.settings import LogFormat, NodeConfig
 from common.spool_layout import SpoolLayout
 from common.units import UnitState
 from worker.delivery.store import DestinationState
 from worker.pipeline import Pipeline, failure_kind
 from worker.queue import embedded_broker
 from worker.queue.handlers import StageHandlers
+from worker.queue.metrics import Outcome, TaskRun, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,10 @@ class TransientFailure(Exception):
     """A stage failed for a reason that may pass (a worker, memory, a disk): Celery retries it."""
 
 
+# A task that raises one of these runs again: the worker metrics count it as a retry.
+RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (DestinationsPending, TransientFailure, Retry)
+
+
 def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
     """(broker URL, transport options); the filesystem transport when no URL is configured."""
     options: dict[str, Any] = {"visibility_timeout": config.queue.visibility_timeout_s}
@@ -92,10 +101,16 @@ def broker_settings(config: NodeConfig) -> tuple[str, dict[str, Any]]:
     return "filesystem://", options
 
 
-def make_celery_app(config: NodeConfig, *, pipeline: Pipeline | None = None) -> Celery:
+def make_celery_app(
+    config: NodeConfig,
+    *,
+    pipeline: Pipeline | None = None,
+    metrics: WorkerMetrics | None = None,
+) -> Celery:
     """The app for this node's config: same tasks and code path with either broker.
 
     ``pipeline`` defaults to the configured model bundle; tests pass one with stand-ins.
+    The stage tasks record into ``metrics`` (by default a registry of their own, unserved).
     """
     broker_url, transport_options = broker_settings(config)
     app = Celery("molsub", broker=broker_url, set_as_current=False)
@@ -118,11 +133,16 @@ def make_celery_app(config: NodeConfig, *, pipeline: Pipeline | None = None) -> 
         task_default_queue=str(Stage.PREPARE),
         worker_hijack_root_logger=False,
     )
-    _register_tasks(app, StageHandlers.for_config(config, pipeline), config)
+    if metrics is None:
+        metrics = WorkerMetrics(retry_exceptions=RETRY_EXCEPTIONS)
+    _register_tasks(app, StageHandlers.for_config(config, pipeline), config, metrics)
+    _bind_log_context()
     return app
 
 
-def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) -> None:
+def _register_tasks(
+    app: Celery, handlers: StageHandlers, config: NodeConfig, metrics: WorkerMetrics
+) -> None:
     q = config.queue
     # Celery's own backoff (retry_backoff * 2**retries, at most retry_backoff_max) takes whole
     # seconds, at least 1: these are the values it uses. No jitter, so that a site can predict
@@ -136,7 +156,9 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         "retry_jitter": False,
     }
 
-    def guarded(task: Task, unit_id: str, stage: Stage, limit: int, run: Callable[[], T]) -> T:
+    def guarded(
+        task: Task, unit_id: str, stage: Stage, limit: int, run: Callable[[], T], record: TaskRun
+    ) -> T:
         """Run one stage of a unit. A permanent failure ends the unit at once; a transient one
         is retried by Celery with backoff and ends the unit when ``limit`` retries are spent.
         Either way the unit ends ``failed`` with the reason, and the chain stops. A unit that
@@ -144,6 +166,7 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         finished = handlers.finished(unit_id)
         if finished is not None:
             log.info("unit %s already %s: %s skipped", unit_id, finished, stage)
+            record.outcome = Outcome.SUCCESS  # nothing went wrong: there was nothing to do
             raise Ignore()
         try:
             return run()
@@ -175,20 +198,28 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
 
     @app.task(name=Stage.PREPARE.task_name, autoretry_for=(TransientFailure,), **retrying)
     def prepare(self: Task, unit_id: str, seg_path: str, image_paths: list[str]) -> dict[str, Any]:
-        return guarded(
-            self,
-            unit_id,
-            Stage.PREPARE,
-            q.stage_max_retries,
-            lambda: handlers.prepare(unit_id, seg_path, image_paths),
-        )
+        with metrics.task(Stage.PREPARE) as record:
+            return guarded(
+                self,
+                unit_id,
+                Stage.PREPARE,
+                q.stage_max_retries,
+                lambda: handlers.prepare(unit_id, seg_path, image_paths),
+                record,
+            )
 
     @app.task(name=Stage.INFER.task_name, autoretry_for=(TransientFailure,), **retrying)
     def infer(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         unit_id = str(message.get("unit_id"))
-        return guarded(
-            self, unit_id, Stage.INFER, q.stage_max_retries, lambda: handlers.infer(message)
-        )
+        with metrics.task(Stage.INFER) as record:
+            return guarded(
+                self,
+                unit_id,
+                Stage.INFER,
+                q.stage_max_retries,
+                lambda: handlers.infer(message),
+                record,
+            )
 
     @app.task(
         name=Stage.DELIVER.task_name,
@@ -201,31 +232,87 @@ def _register_tasks(app: Celery, handlers: StageHandlers, config: NodeConfig) ->
         error) and the unit's end with the reason progress.json has: never a stale pending."""
         unit_id = str(message.get("unit_id"))
         done = self.request.retries
-        outcome = guarded(
-            self,
-            unit_id,
-            Stage.DELIVER,
-            q.delivery_max_retries,
-            lambda: handlers.deliver(message, reuse_recorded=done > 0),
-        )
-        unsent = [name for name, state in outcome.items() if state != DestinationState.SENT]
-        if not unsent:
-            handlers.done(unit_id)
-            return handlers.delivery_result(unit_id, UnitState.DONE)
-        if done >= q.delivery_max_retries:
-            handlers.store.mark_failed(unit_id, unsent)
-            reason = handlers.delivery_failure(unit_id, unsent, done)
-            reason = f"{reason}; results recorded for `molsub resend`"
-            handlers.fail(unit_id, reason, FailureKind.TRANSIENT)
-            return handlers.delivery_result(unit_id, UnitState.FAILED, reason)
-        delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
-        log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
-        raise DestinationsPending(handlers.unsent_errors(unit_id, unsent))
+        with metrics.task(Stage.DELIVER) as record:
+            outcome = guarded(
+                self,
+                unit_id,
+                Stage.DELIVER,
+                q.delivery_max_retries,
+                lambda: handlers.deliver(message, reuse_recorded=done > 0),
+                record,
+            )
+            unsent = [name for name, state in outcome.items() if state != DestinationState.SENT]
+            if not unsent:
+                handlers.done(unit_id)
+                return handlers.delivery_result(unit_id, UnitState.DONE)
+            if done >= q.delivery_max_retries:
+                handlers.store.mark_failed(unit_id, unsent)
+                reason = handlers.delivery_failure(unit_id, unsent, done)
+                reason = f"{reason}; results recorded for `molsub resend`"
+                handlers.fail(unit_id, reason, FailureKind.TRANSIENT)
+                record.outcome = Outcome.FAILURE
+                return handlers.delivery_result(unit_id, UnitState.FAILED, reason)
+            delay = get_exponential_backoff_interval(backoff_base, done, backoff_max)
+            log.info("unit %s: retrying delivery to %s in %d s", unit_id, ", ".join(unsent), delay)
+            raise DestinationsPending(handlers.unsent_errors(unit_id, unsent))
 
     @app.task(name=REPORT_TASK, shared=False)
     def report(unit_id: str, reason: str, kind: str) -> None:
         """A failure of a stage whose host cannot see the spool, recorded by one that can."""
         handlers.fail(unit_id, reason, FailureKind(kind))
+
+
+# The log context of each task: its unit and stage on every line logged while it runs,
+# Celery's own lines about it included (they come before task_postrun).
+_TASK_STAGES = {
+    **{stage.task_name: LogStage(str(stage)) for stage in Stage},
+    REPORT_TASK: LogStage.REPORT,
+}
+_task_context: dict[str, ContextTokens] = {}
+
+
+def _unit_of(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """The unit id of a task's arguments: prepare's and report's first, a message's unit_id."""
+    first = args[0] if args else kwargs.get("unit_id", kwargs.get("message"))
+    if isinstance(first, dict):
+        first = first.get("unit_id")
+    return first if isinstance(first, str) else None
+
+
+def _on_task_start(
+    task_id: str | None = None,
+    task: Task | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    **_: Any,  # noqa: ANN401 - Celery's signal arguments
+) -> None:
+    stage = _TASK_STAGES.get(getattr(task, "name", ""))
+    if stage is not None and task_id is not None:
+        unit = _unit_of(args or (), kwargs or {})
+        _task_context[task_id] = push_context(unit=unit, stage=stage)
+
+
+def _on_task_end(task_id: str | None = None, **_: Any) -> None:  # noqa: ANN401
+    tokens = _task_context.pop(task_id or "", None)
+    if tokens:
+        pop_context(tokens)
+
+
+def _bind_log_context() -> None:
+    """Connect the receivers once per process (Celery's signals are global)."""
+    signals.task_prerun.connect(_on_task_start, weak=False, dispatch_uid="molsub-log-start")
+    signals.task_postrun.connect(_on_task_end, weak=False, dispatch_uid="molsub-log-end")
+
+
+def _keep_our_logging(**_: Any) -> None:  # noqa: ANN401
+    """A setup_logging receiver: its presence tells Celery to leave logging alone, so that its
+    lines go through the root handler of common/logs.py (text or JSON) like ours."""
+
+
+def _say_as_log(msg: str, f: object = None) -> None:
+    """Celery's worker writes a few words straight to stdout (``worker: Warm shutdown``): in
+    JSON mode they go through logging instead, so that every line of the output is JSON."""
+    logging.getLogger("celery.apps.worker").warning("%s", msg.strip())
 
 
 def task_ids(unit_id: str) -> dict[str, str]:
@@ -265,21 +352,36 @@ def run_worker(
     pool: str = "solo",
     loglevel: str = "INFO",
     hostname: str | None = None,
+    metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Run a worker in this process until stopped (``celery worker`` equivalent).
 
     ``pool="solo"`` suits infer (one process owns the model and the GPU); prepare and deliver
-    workers may use ``prefork`` with more concurrency.
+    workers may use ``prefork`` with more concurrency (the worker metrics then count only this
+    process). ``metrics_port`` (0: off) serves them on ``metrics_host``. Logging is the
+    process's own (common/logs.py): Celery does not configure it, and in JSON mode prints no
+    banner, so that every line of the output is JSON.
     """
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
         raise ValueError(f"unknown queue(s) {unknown}; known: {', '.join(QUEUES)}")
-    app = make_celery_app(config)
+    signals.setup_logging.connect(_keep_our_logging, weak=False, dispatch_uid="molsub-logging")
+    if config.logging.format is LogFormat.JSON:
+        import celery.apps.worker as celery_worker
+
+        celery_worker.safe_say = _say_as_log  # type: ignore[assignment]
+    metrics = WorkerMetrics(retry_exceptions=RETRY_EXCEPTIONS)
+    app = make_celery_app(config, metrics=metrics)
     worker = app.Worker(
         queues=list(queues),
         concurrency=concurrency,
         pool_cls=pool,
         loglevel=loglevel,
         hostname=hostname,
+        quiet=config.logging.format is LogFormat.JSON,
     )
+    metrics.describe_worker(",".join(queues), str(worker.hostname), config.model.device or "auto")
+    if metrics_port:
+        metrics.serve(metrics_port, metrics_host)
     worker.start()
