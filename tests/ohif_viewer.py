@@ -24,8 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import pytest
 
 from molsub.launch import free_port
 
@@ -57,32 +59,72 @@ def cache_root() -> Path:
     return Path(os.environ.get("MOLSUB_CACHE") or Path.home() / ".cache" / "molsub")
 
 
-@dataclass(frozen=True)
-class ViewerTools:
-    """Everything the browser test runs: OHIF's dist/, playwright-core, chromium and node."""
+REQUIRE_VIEWER_ENV = "MOLSUB_REQUIRE_VIEWER"  # set by .ci/run: a missing tool fails, not skips
+T = TypeVar("T")
 
-    dist: Path
+
+@dataclass(frozen=True)
+class BrowserTools:
+    """What a headless-browser test runs: playwright-core (cached), Debian's chromium, node."""
+
     playwright: Path  # the folder holding node_modules/playwright-core
     chromium: str
     node: str
 
+    def env(self) -> dict[str, str]:
+        """The environment our .mjs scripts read their tools from."""
+        modules = self.playwright / "node_modules"
+        return {
+            **os.environ,
+            "NODE_PATH": str(modules),
+            "PLAYWRIGHT_CORE": str(modules / "playwright-core" / "index.mjs"),
+            "CHROMIUM": self.chromium,
+        }
 
-def find_viewer_tools() -> tuple[ViewerTools | None, str]:
-    """The cached tools, or None and why not (with the command that fixes it)."""
-    fetch = f"run scripts/fetch-viewer (npm pack @ohif/app@{OHIF_VERSION}, playwright-core)"
-    dist = cache_root() / "ohif" / OHIF_VERSION / "package" / "dist"
-    if not (dist / "index.html").is_file():
-        return None, f"OHIF {OHIF_VERSION} viewer not cached at {dist}: {fetch}"
+
+@dataclass(frozen=True)
+class ViewerTools(BrowserTools):
+    """The browser tools and OHIF's dist/."""
+
+    dist: Path = Path()
+
+
+FETCH = f"run scripts/fetch-viewer (npm pack @ohif/app@{OHIF_VERSION}, playwright-core)"
+
+
+def find_browser_tools() -> tuple[BrowserTools | None, str]:
+    """The cached playwright-core, chromium and node, or None and why not (with the fix)."""
     playwright = cache_root() / "playwright" / PLAYWRIGHT_VERSION
     if not (playwright / "node_modules" / "playwright-core" / "index.mjs").is_file():
-        return None, f"playwright-core {PLAYWRIGHT_VERSION} not cached in {playwright}: {fetch}"
+        return None, f"playwright-core {PLAYWRIGHT_VERSION} not cached in {playwright}: {FETCH}"
     chromium = next((c for c in CHROMIUM_CANDIDATES if os.access(c, os.X_OK)), None)
     if chromium is None:
         return None, "Debian's chromium not installed (apt-get install chromium)"
     node = shutil.which("node")
     if node is None:
         return None, "node not installed (apt-get install nodejs npm)"
-    return ViewerTools(dist, playwright, chromium, node), ""
+    return BrowserTools(playwright, chromium, node), ""
+
+
+def find_viewer_tools() -> tuple[ViewerTools | None, str]:
+    """The cached tools, or None and why not (with the command that fixes it)."""
+    dist = cache_root() / "ohif" / OHIF_VERSION / "package" / "dist"
+    if not (dist / "index.html").is_file():
+        return None, f"OHIF {OHIF_VERSION} viewer not cached at {dist}: {FETCH}"
+    browser, why = find_browser_tools()
+    if browser is None:
+        return None, why
+    return ViewerTools(browser.playwright, browser.chromium, browser.node, dist), ""
+
+
+def found_or_skip(found: T | None, why: str) -> T:
+    """A browser test's tools, or a skip saying why; a failure under MOLSUB_REQUIRE_VIEWER=1."""
+    if found is None:
+        message = f"{why}; skipped unless {REQUIRE_VIEWER_ENV}=1"
+        if os.environ.get(REQUIRE_VIEWER_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def app_config(data_source_name: str = "molsub") -> str:
@@ -260,12 +302,7 @@ def open_study(
     returns what it saw (its JSON: console errors, measurement panel text, pixel checks).
     ``steps``: "all" or some of "sr,sc,seg"; ``seg``: a regex the SEG thumbnails to load match."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "NODE_PATH": str(tools.playwright / "node_modules"),
-        "PLAYWRIGHT_CORE": str(tools.playwright / "node_modules" / "playwright-core" / "index.mjs"),
-        "CHROMIUM": tools.chromium,
-    }
+    env = tools.env()
     command = [
         tools.node,
         str(OPEN_STUDY_SCRIPT),

@@ -346,7 +346,13 @@ class FaultNode:
         self.pacs_dir = tmp / "pacs"
         self.log = tmp / "node.log"
         config = NodeConfig(
-            node=NodeSettings(spool_dir=spool_dir or tmp / "spool", study_timeout_s=600),
+            node=NodeSettings(
+                spool_dir=spool_dir or tmp / "spool",
+                study_timeout_s=600,
+                # A small spool disk (the tmpfs of the disk-full test) is all below the
+                # default watermark: off, so that the disk itself runs full.
+                min_free_mb=0 if spool_dir else NodeSettings().min_free_mb,
+            ),
             model=ModelSettings(bundle=bundle, device="cpu"),
             queue=QueueSettings(
                 broker_url=broker_url,

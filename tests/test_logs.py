@@ -396,8 +396,7 @@ def test_serve_json_logs_every_line_with_the_unit_through_every_stage(tmp_path: 
     for line in about_unit:
         if line.get("stage") in ("dispatch", "prepare", "infer", "deliver"):
             assert line["unit"] == unit_id, line
-    celery_task_lines = [
-        line for line in lines if line["logger"] == "celery.app.trace" and line.get("unit")
-    ]
-    assert celery_task_lines, "Celery's task lines should carry the unit too"
+    # Celery's per-task "succeeded" lines quote the start of the task's return value (the
+    # crops' compressed header bytes): held back at WARNING unless -v (common/logs.py).
+    assert not [line for line in lines if " succeeded in " in line["message"]]
     assert any(pydicom.dcmread(p).SOPClassUID for p in out.rglob("*.dcm"))

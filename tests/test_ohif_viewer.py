@@ -27,10 +27,9 @@ from pydicom.dataset import Dataset
 
 from common.settings import HeatmapSegType, ResultsSettings
 from tests.node_results import node_results
-from tests.ohif_viewer import find_viewer_tools, open_study, serve_viewer
+from tests.ohif_viewer import find_viewer_tools, found_or_skip, open_study, serve_viewer
 from tests.orthanc_peer import running_orthanc
 
-REQUIRE_VIEWER_ENV = "MOLSUB_REQUIRE_VIEWER"
 ARTIFACTS_ENV = "MOLSUB_ARTIFACTS_DIR"
 
 # Console errors OHIF 3.12 logs about things that are not the node's results. Anything else of
@@ -49,13 +48,7 @@ TOLERATED_REQUEST_ERRORS = ("net::ERR_ABORTED",)
 
 @pytest.fixture(scope="module")
 def tools() -> Any:  # noqa: ANN401 - ViewerTools
-    found, why = find_viewer_tools()
-    if found is None:
-        message = f"{why}; skipped unless {REQUIRE_VIEWER_ENV}=1"
-        if os.environ.get(REQUIRE_VIEWER_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return found_or_skip(*find_viewer_tools())
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -25,9 +24,8 @@ from typing import Any
 import pytest
 
 from tests.node_http import HttpNode
-from tests.ohif_viewer import CHROMIUM_CANDIDATES, PLAYWRIGHT_VERSION, cache_root
+from tests.ohif_viewer import BrowserTools, find_browser_tools, found_or_skip
 
-REQUIRE_VIEWER_ENV = "MOLSUB_REQUIRE_VIEWER"  # as tests/test_ohif_viewer.py
 ARTIFACTS_ENV = "MOLSUB_ARTIFACTS_DIR"
 CHECK_SCRIPT = Path(__file__).resolve().parent / "status_page" / "check_page.mjs"
 BROWSER_TIMEOUT_S = 120
@@ -37,31 +35,9 @@ RESEND_TIMEOUT_S = 60
 REFUSED_RETRY = re.compile(r"status of 401 \(Unauthorized\)")
 
 
-def _browser_tools() -> tuple[dict[str, str] | None, str]:
-    """(node, playwright-core, chromium) or None and why not."""
-    playwright = cache_root() / "playwright" / PLAYWRIGHT_VERSION / "node_modules"
-    core = playwright / "playwright-core" / "index.mjs"
-    if not core.is_file():
-        why = f"playwright-core {PLAYWRIGHT_VERSION} not cached in {playwright}"
-        return None, f"{why}: run scripts/fetch-viewer"
-    chromium = next((c for c in CHROMIUM_CANDIDATES if os.access(c, os.X_OK)), None)
-    if chromium is None:
-        return None, "Debian's chromium not installed (apt-get install chromium)"
-    node = shutil.which("node")
-    if node is None:
-        return None, "node not installed (apt-get install nodejs)"
-    return {"node": node, "core": str(core), "chromium": chromium, "path": str(playwright)}, ""
-
-
 @pytest.fixture(scope="module")
-def browser() -> dict[str, str]:
-    found, why = _browser_tools()
-    if found is None:
-        message = f"{why}; skipped unless {REQUIRE_VIEWER_ENV}=1"
-        if os.environ.get(REQUIRE_VIEWER_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+def browser() -> BrowserTools:
+    return found_or_skip(*find_browser_tools())
 
 
 @pytest.fixture
@@ -141,20 +117,15 @@ def test_actions_over_http_need_the_token(http_node: HttpNode) -> None:
 
 
 def test_status_page_in_chromium(
-    http_node: HttpNode, browser: dict[str, str], artifacts: Path
+    http_node: HttpNode, browser: BrowserTools, artifacts: Path
 ) -> None:
     node = http_node
     ready_before = _unit(node, node.failed_unit)["times"].get("ready")
     reason = _unit(node, node.failed_unit)["reason"]
     assert reason, "the failed unit has no reason to show"
-    env = {
-        **os.environ,
-        "NODE_PATH": browser["path"],
-        "PLAYWRIGHT_CORE": browser["core"],
-        "CHROMIUM": browser["chromium"],
-    }
+    env = browser.env()
     command = [
-        browser["node"],
+        browser.node,
         str(CHECK_SCRIPT),
         "--base",
         node.base_url,
